@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+# The machine has 2 cores; oversubscribing them makes CPU runs ~10x slower.
+torch.set_num_threads(1)
+os.environ.setdefault("VISALIGN_THREADS", "1")
+
+
+@pytest.fixture
+def tiny_flow_model():
+    """A randomly initialised built-in flow model at 16x16 (no pretrained weights involved)."""
+    from visalign.models.builtin import ShapesModel, ShapesModelConfig
+
+    torch.manual_seed(0)
+    model = ShapesModel(ShapesModelConfig(resolution=16, channels=(16, 32), attention=(False, True), text_dim=32,
+                                          text_layers=1, heads=2))
+    # The output layer starts at zero; perturb it so velocities (and log-probs) are not trivially 0.
+    with torch.no_grad():
+        for p in model.unet.out.parameters():
+            p.normal_(0, 0.05)
+    return model.eval()

@@ -1,0 +1,162 @@
+"""Frozen, documented config dataclasses, recipes (YAML files in visalign/recipes/) and typed
+`key=value` overrides. Invariants are checked in __post_init__ with the arithmetic in the message."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe, override or value that is not accepted (message is one line)."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Supervised pretraining of a built-in shapes model on freshly rendered GenEval-S train scenes."""
+
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 64  # images per step, each a fresh render of a random train-split prompt
+    lr: float = 1e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 0)
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm
+    cfg_dropout: float = 0.1  # fraction of prompts replaced by the empty prompt (classifier-free guidance)
+    timestep_sampling: str = "logit_normal"  # "logit_normal" (SD3) or "uniform"
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500  # also writes the model at the end
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
+        if not 0 <= self.cfg_dropout < 1:
+            raise ConfigError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.timestep_sampling not in ("logit_normal", "uniform"):
+            raise ConfigError(f"timestep_sampling '{self.timestep_sampling}' is not one of logit_normal, uniform")
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    name: str
+    model: dict = field(default_factory=dict)  # ShapesModelConfig fields
+    train: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+# ------------------------------------------------------------------------------------- typed building
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str):
+    """Check / convert one value to the annotated type; raise ConfigError naming key and type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}={value!r} is not one of {' | '.join(_type_name(a) for a in args)}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        (inner, *_) = typing.get_args(tp) or (typing.Any,)
+        return tuple(_coerce(v, inner, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}={value!r} must be a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}={value!r} must be a string")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    return value
+
+
+def build(cls, data: dict | None, prefix: str = ""):
+    """Build dataclass `cls` from a (nested) dict, checking every key and type."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            raise ConfigError(f"unknown key '{key}'; accepted: {', '.join(names)}")
+        kwargs[k] = v if hints[k] is dict else _coerce(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 3e-4). Values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value, e.g. train.iterations=10")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each dotted key in a nested dict (copying); the dataclass build then checks names and types."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for o in overrides:
+        path, value = parse_override(o)
+        d = data
+        for p in path[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"override '{o}': '{p}' is not a section")
+        d[path[-1]] = value
+    return data
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe_dict(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix == ".yaml" or not path.is_file():
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe '{name_or_path}'; available: {', '.join(recipe_names())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("name", path.stem)
+    return data

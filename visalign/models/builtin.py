@@ -1,0 +1,175 @@
+"""The built-in shapes-world generators: our tokenizer + text encoder + UNet, stored as a JSON config and a
+safetensors file, loaded with `ShapesModel.from_pretrained(path)`.
+
+`prediction` says what the network predicts: "velocity" (rectified flow, builtin:shapes-flow) or
+"epsilon" (DDPM). The network works on images in [-1, 1], [B, 3, H, W], with no autoencoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .text import TextEncoder, WordTokenizer
+from .unet import UNet
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PREDICTIONS = ("velocity", "epsilon")
+
+
+class CheckpointError(RuntimeError):
+    """A model directory that cannot be loaded (message is one line)."""
+
+
+@dataclass(frozen=True)
+class ShapesModelConfig:
+    prediction: str = "velocity"
+    resolution: int = 32
+    channels: tuple[int, ...] = (32, 64, 128)
+    attention: tuple[bool, ...] = (False, True, True)
+    heads: int = 4
+    text_dim: int = 128
+    text_layers: int = 2
+    max_prompt_words: int = 8
+    # Sampling defaults that came with the training (what `visalign sample` uses unless told otherwise).
+    sample_steps: int = 20
+    guidance_scale: float = 3.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction '{self.prediction}' is not one of {', '.join(PREDICTIONS)}")
+        if self.resolution % (2 ** len(self.channels)) != 0:
+            raise ValueError(
+                f"resolution {self.resolution} must be divisible by 2^{len(self.channels)} = "
+                f"{2 ** len(self.channels)} (one halving per UNet level)"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShapesModelConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("channels", "attention"):
+            if k in known:
+                known[k] = tuple(known[k])
+        return cls(**known)
+
+
+@dataclass
+class TextCondition:
+    """Encoded prompts: tokens [B, L, D], mask [B, L] (True = real token), pooled [B, D]."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    def __getitem__(self, idx) -> "TextCondition":
+        return TextCondition(self.tokens[idx], self.mask[idx], self.pooled[idx])
+
+    @staticmethod
+    def cat(conds: list["TextCondition"]) -> "TextCondition":
+        return TextCondition(*(torch.cat([getattr(c, f) for c in conds]) for f in ("tokens", "mask", "pooled")))
+
+
+class ShapesModel(nn.Module):
+    def __init__(self, config: ShapesModelConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = WordTokenizer(max_length=config.max_prompt_words)
+        self.text_encoder = TextEncoder(
+            self.tokenizer.vocab_size, config.text_dim, config.text_layers, config.heads, config.max_prompt_words
+        )
+        self.unet = UNet(config.channels, config.attention, config.text_dim, config.heads)
+
+    def encode_prompts(self, prompts: list[str]) -> TextCondition:
+        ids = self.tokenizer(prompts).to(self.device)
+        tokens, pooled, mask = self.text_encoder(ids)
+        return TextCondition(tokens, mask, pooled)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        """x [B, 3, H, W] in [-1, 1] noised to time t [B] in [0, 1] -> the prediction [B, 3, H, W]."""
+        return self.unet(x, t, cond.tokens, cond.mask, cond.pooled)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors; each file is written to a temp file, then renamed."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic(path / WEIGHTS_NAME, lambda f: save_file(state, f, metadata={"format": "pt"}))
+        _atomic(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(asdict(self.config), indent=2)))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ShapesModel":
+        path = Path(path)
+        cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for f in (cfg_file, w_file):
+            if not f.is_file():
+                raise CheckpointError(f"model file {f} is missing; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            config = ShapesModelConfig.from_dict(json.loads(cfg_file.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise CheckpointError(f"model config {cfg_file} is corrupt: {e}") from None
+        try:
+            state = load_file(str(w_file), device=str(device))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"model weights {w_file} are corrupt or not safetensors: {e}") from None
+        model = cls(config).to(device)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"model weights {w_file} do not match the config: first missing keys {missing[:3]}, "
+                f"first unexpected keys {unexpected[:3]}"
+            )
+        bad = [f"{k} {tuple(v.shape)} != {expected[k]}" for k, v in state.items() if tuple(v.shape) != expected[k]]
+        if bad:
+            raise CheckpointError(f"model weights {w_file} have wrong shapes: {'; '.join(bad[:3])}")
+        model.load_state_dict(state)
+        return model.eval()
+
+
+def _atomic(target: Path, write) -> None:
+    """Call write(tmp_path), then rename tmp_path to target, so a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class ShapesFlowAdapter:
+    """The built-in velocity model as a FlowPolicy adapter: pixel space, so decode is the identity."""
+
+    def __init__(self, model: ShapesModel):
+        if model.config.prediction != "velocity":
+            raise ValueError(f"a flow adapter needs a velocity model, this one predicts {model.config.prediction}")
+        self.model = model
+        r = model.config.resolution
+        self.latent_shape = (3, r, r)
+
+    def encode(self, prompts: list[str]) -> TextCondition:
+        return self.model.encode_prompts(prompts)
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        return self.model(x, sigma, cond)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(-1, 1)

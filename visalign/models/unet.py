@@ -1,0 +1,115 @@
+"""A small text-conditional UNet for 32x32 images, sized for a 2-core CPU.
+
+The image is first folded 2x2 into channels (pixel unshuffle: [3, 32, 32] -> [12, 16, 16]), so the top
+level runs at 16x16; every level has self-attention over positions and cross-attention to the prompt's
+tokens (layout and attribute binding need both). Time and the pooled prompt modulate every residual block
+(AdaGN, as in ADM). The output layer starts at zero, so an untrained model predicts 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """t [B] in [0, 1] -> sinusoidal features [B, dim] (t scaled by 1000, as for DDPM timesteps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]  # [B, half]
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int = 8):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, C, H, W]
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, 1)  # [B, C, 1, 1] each
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over positions, then cross-attention to the text tokens (masked), then an MLP."""
+
+    def __init__(self, dim: int, ctx_dim: int, heads: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, kdim=ctx_dim, vdim=ctx_dim, batch_first=True)
+        self.norm3 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x, ctx, ctx_mask):
+        b, c, h, w = x.shape
+        s = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        n = self.norm1(s)
+        s = s + self.self_attn(n, n, n, need_weights=False)[0]
+        s = s + self.cross_attn(self.norm2(s), ctx, ctx, key_padding_mask=~ctx_mask, need_weights=False)[0]
+        s = s + self.mlp(self.norm3(s))
+        return s.transpose(1, 2).reshape(b, c, h, w)
+
+
+class UNet(nn.Module):
+    """(x [B, 3, H, W], t [B], ctx [B, L, Dc], ctx_mask [B, L], pooled [B, Dc]) -> [B, 3, H, W].
+
+    channels[i] is the width at resolution H / 2^(i+1); `attention[i]` says whether level i attends."""
+
+    def __init__(self, channels=(64, 128), attention=(True, True), ctx_dim: int = 128, heads: int = 4,
+                 in_channels: int = 3):
+        super().__init__()
+        if len(attention) != len(channels):
+            raise ValueError(f"attention has {len(attention)} entries for {len(channels)} levels; give one per level")
+        c0 = channels[0]
+        emb = 4 * c0
+        self.c0 = c0
+        self.time = nn.Sequential(nn.Linear(c0, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.text = nn.Linear(ctx_dim, emb)
+        self.stem = nn.Conv2d(4 * in_channels, c0, 3, padding=1)
+        attn = lambda c, on: AttnBlock(c, ctx_dim, heads) if on else None  # noqa: E731
+        self.down = nn.ModuleList(ResBlock(c, c, emb) for c in channels)
+        self.down_attn = nn.ModuleList(attn(c, a) for c, a in zip(channels, attention))
+        self.downsample = nn.ModuleList(
+            nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(channels[:-1], channels[1:])
+        )
+        self.mid = ResBlock(channels[-1], channels[-1], emb)
+        self.mid_attn = AttnBlock(channels[-1], ctx_dim, heads)
+        self.up = nn.ModuleList(ResBlock(2 * c, c, emb) for c in channels)
+        self.up_attn = nn.ModuleList(attn(c, a) for c, a in zip(channels, attention))
+        self.upsample = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(channels[:-1], channels[1:]))
+        self.out_norm = nn.GroupNorm(8, c0)
+        self.out = nn.Conv2d(c0, 4 * in_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, t, ctx, ctx_mask, pooled):
+        emb = self.time(timestep_embedding(t, self.c0)) + self.text(pooled)  # [B, E]
+        h = self.stem(F.pixel_unshuffle(x, 2))  # [B, c0, H/2, W/2]
+        skips = []
+        for i, (block, attn) in enumerate(zip(self.down, self.down_attn)):
+            if i > 0:
+                h = self.downsample[i - 1](h)  # [B, c_i, H/2^(i+1), W/2^(i+1)]
+            h = block(h, emb)
+            h = attn(h, ctx, ctx_mask) if attn is not None else h
+            skips.append(h)
+        h = self.mid_attn(self.mid(h, emb), ctx, ctx_mask)
+        for i in reversed(range(len(self.up))):
+            h = self.up[i](torch.cat([h, skips[i]], 1), emb)
+            h = self.up_attn[i](h, ctx, ctx_mask) if self.up_attn[i] is not None else h
+            if i > 0:
+                h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), 2)  # [B, 3, H, W]

@@ -1,0 +1,41 @@
+"""One generic registry: names -> factories. Duplicate names are refused; an unknown name lists the known."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class RegistryError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it one plain line
+        return str(self.args[0])
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable] = {}
+        self._docs: dict[str, str] = {}
+
+    def register(self, name: str, doc: str = ""):
+        def deco(fn):
+            if name in self._items:
+                raise RegistryError(f"{self.kind} '{name}' is registered twice")
+            self._items[name] = fn
+            self._docs[name] = doc or (fn.__doc__ or "").strip().split("\n")[0]
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> Callable:
+        if name not in self._items:
+            raise RegistryError(f"unknown {self.kind} '{name}'. Supported: {sorted(self._items)}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def doc(self, name: str) -> str:
+        return self._docs[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
