@@ -50,11 +50,14 @@ class FlowPolicy:
         self.sampling = sampling
 
     def stochastic_mask(self, sampling: FlowSampling | None = None) -> torch.Tensor:
+        """[T] bool: which steps are drawn from the SDE (and carry a log-prob)."""
         s = sampling or self.sampling
         mask = torch.full((s.steps,), s.kind != "ode")
         if s.sde_window is not None:
             mask[:] = False
             mask[s.sde_window[0] : s.sde_window[1]] = s.kind != "ode"
+        if s.kind == "cps":
+            mask[-1] = False  # CPS's std is sigma_next sin(.), 0 on the step to sigma = 0
         return mask
 
     def guided_velocity(self, x, sigma, cond, uncond, guidance_scale: float) -> torch.Tensor:

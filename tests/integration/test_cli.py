@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from visalign.cli import main
+
+
+def test_eval_oracle_writes_json(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "oracle", "--per-category", "4", "--seed", "0", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["categories"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert res["n"] == 24 and res["overall"] == pytest.approx(sum(res["categories"].values()) / 6)
+    assert "overall" in capsys.readouterr().out
+
+
+def test_sample_writes_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--model", "oracle", "--prompt", "a red circle", "--prompt", "two stars", "--n", "3",
+                 "--out", str(out)]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 3 * 32 * 4
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["sample", "--model", "oracle", "--prompt", "a pink circle", "--out", "x.png"], "unknown word 'pink'"),
+        (["sample", "--model", "oracle", "--prompt", "circle and", "--out", "x.png"], "outside the GenEval-S grammar"),
+        (["eval", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["eval", "--model", "builtin:shapes-flow?path=/does/not/exist"], "is missing"),
+        (["pretrain", "nosuchrecipe", "--out", "x"], "unknown recipe 'nosuchrecipe'"),
+        (["pretrain", "shapes-flow-pretrain", "train.stepz=3", "--out", "x"], "unknown key 'train.stepz'"),
+        (["pretrain", "shapes-flow-pretrain", "train.steps=abc", "--out", "x"], "must be an integer"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_pretrain_runs_end_to_end_tiny(tmp_path):
+    out = tmp_path / "m"
+    code = main(["pretrain", "shapes-flow-pretrain", "train.steps=2", "train.batch_size=4", "model.resolution=16",
+                 "model.channels=[8, 16]", "model.attention=[false, true]", "model.text_dim=16", "--out", str(out)])
+    assert code == 0 and (out / "model.safetensors").is_file()
+    assert main(["eval", "--model", f"{out}?steps=2", "--per-category", "1"]) == 0
+
+
+def test_console_script_entry_point():
+    r = subprocess.run([sys.executable, "-m", "visalign.cli", "list"], capture_output=True, text=True)
+    assert r.returncode == 0 and "builtin:shapes-flow" in r.stdout and "oracle" in r.stdout
