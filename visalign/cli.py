@@ -10,34 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def save_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> None:
-    """uint8 [N, H, W, 3] -> one PNG, `cols` per row, upscaled `scale` x (nearest) with 2 px gaps."""
-    import io
-
-    from PIL import Image
-
-    n, h, w, _ = images.shape
-    rows = (n + cols - 1) // cols
-    gap = 2
-    canvas = np.full((rows * (h * scale + gap) + gap, cols * (w * scale + gap) + gap, 3), 80, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        big = img.repeat(scale, 0).repeat(scale, 1)
-        y, x = gap + r * (h * scale + gap), gap + c * (w * scale + gap)
-        canvas[y : y + h * scale, x : x + w * scale] = big
-    buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
-    _atomic_write(path, buf.getvalue())
+from .images import atomic_write_bytes, save_grid
 
 
 def cmd_list(args) -> None:
@@ -78,7 +51,7 @@ def cmd_eval(args) -> None:
     print(format_table(result))
     print(f"{result['n']} images in {result['seconds']:.1f} s")
     if args.out:
-        _atomic_write(Path(args.out), json.dumps(result, indent=2).encode())
+        atomic_write_bytes(Path(args.out), json.dumps(result, indent=2).encode())
         print(f"wrote {args.out}")
 
 
@@ -96,6 +69,31 @@ def cmd_pretrain(args) -> None:
     start = time.time()
     pretrain(model_cfg, recipe.train, args.out)
     print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
+
+
+def cmd_train(args) -> None:
+    from .config import load_train_recipe
+    from .distributed import Distributed
+    from .trainer.trainer import Trainer
+
+    recipe, resolved = load_train_recipe(args.recipe, args.overrides)
+    dist = Distributed()
+    trainer = Trainer(recipe, resolved, args.out, resume=args.resume, dist=dist)
+    records = trainer.train()
+    if dist.is_main:
+        from .report import write_report
+
+        evals = [r for r in records if "eval_overall" in r]
+        if evals:
+            print(f"held-out GenEval-S: {evals[0]['eval_overall']:.3f} -> {evals[-1]['eval_overall']:.3f}")
+        print(f"report: {write_report(args.out)}")
+    dist.shutdown()
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="eval.json")
     e.set_defaults(fn=cmd_eval)
 
+    r = sub.add_parser("train", help="RL fine-tuning from a recipe")
+    r.add_argument("recipe")
+    r.add_argument("overrides", nargs="*", help="key=value, e.g. train.iterations=10 algorithm_options.kl_beta=0.01")
+    r.add_argument("--out", required=True, help="run folder")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    r.set_defaults(fn=cmd_train)
+
+    rp = sub.add_parser("report", help="write RUN/report.html")
+    rp.add_argument("run")
+    rp.set_defaults(fn=cmd_report)
+
     t = sub.add_parser("pretrain", help="pretrain a built-in model from a recipe")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
@@ -130,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from .algorithms import CapabilityError
     from .config import ConfigError
     from .models.builtin import CheckpointError
     from .registry import RegistryError
+    from .trainer.checkpoint import ResumeError
+    from .trainer.trainer import TrainingStopped
     from .world.grammar import PromptError
 
     if "VISALIGN_THREADS" in os.environ:
@@ -140,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (PromptError, ConfigError, CheckpointError, RegistryError, ValueError, FileNotFoundError) as e:
+    except (PromptError, ConfigError, CheckpointError, RegistryError, ResumeError, CapabilityError, TrainingStopped,
+            ValueError, FileNotFoundError) as e:
         print(f"visalign {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

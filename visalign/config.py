@@ -88,6 +88,11 @@ def _coerce(value, tp, key: str):
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}={value!r} must be a number")
     if tp is str:
         if isinstance(value, str):
@@ -160,3 +165,83 @@ def load_recipe_dict(name_or_path: str) -> dict:
     data = yaml.safe_load(path.read_text()) or {}
     data.setdefault("name", path.stem)
     return data
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The RL loop. One iteration = sample `batch_size` images (batch_size / group_size prompts, each
+    `group_size` times), score them, compute advantages over the whole (all-process) batch, then
+    `epochs` passes of `minibatches` optimizer steps each."""
+
+    iterations: int = 20
+    batch_size: int = 64  # images per iteration, over all processes
+    group_size: int = 8  # images per prompt (GRPO's group)
+    epochs: int = 1  # passes over one rollout batch
+    minibatches: int = 1  # optimizer steps per pass; the batch is split into this many parts
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine (over `iterations`, after warmup)
+    warmup_iterations: int = 0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global gradient norm
+    finetune: str = "lora"  # lora | full
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out")
+    eval_every: int = 5  # iterations between held-out evaluations (also before the first and after the last)
+    eval_per_category: int = 50
+    eval_seed: int = 0
+    checkpoint_every: int = 5
+    seed: int = 0
+    max_bad_updates: int = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ConfigError(f"train.iterations must be >= 1, got {self.iterations}")
+        if self.group_size < 1 or self.batch_size % self.group_size != 0:
+            raise ConfigError(
+                f"train.group_size={self.group_size} does not divide train.batch_size={self.batch_size} "
+                f"({self.batch_size} / {self.group_size} = {self.batch_size / max(self.group_size, 1):.2f}); "
+                f"accepted: a batch_size that is a multiple of group_size"
+            )
+        if self.batch_size % self.minibatches != 0:
+            raise ConfigError(
+                f"train.minibatches={self.minibatches} does not divide train.batch_size={self.batch_size}"
+            )
+        if self.finetune not in ("lora", "full"):
+            raise ConfigError(f"train.finetune '{self.finetune}' is not one of lora, full")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"train.lr_schedule '{self.lr_schedule}' is not one of constant, cosine")
+        for k in ("eval_every", "checkpoint_every", "epochs", "eval_per_category", "lora_rank"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+
+
+@dataclass(frozen=True)
+class EvalSampling:
+    steps: int | None = None  # None: the model's default
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    name: str
+    description: str = ""
+    model: str = "builtin:shapes-flow"
+    reward: str = "geneval_s"
+    reward_options: dict = field(default_factory=dict)
+    algorithm: str = "grpo"
+    algorithm_options: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)  # the policy's rollout sampler (FlowSampling fields)
+    eval: EvalSampling = field(default_factory=EvalSampling)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_train_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[TrainRecipe, dict]:
+    """-> (the checked recipe, the resolved dict it was built from)."""
+    data = apply_overrides(load_recipe_dict(name_or_path), overrides or [])
+    kind = data.pop("kind", "train")
+    if kind != "train":
+        raise ConfigError(f"recipe '{name_or_path}' is a {kind} recipe; `visalign train` takes train recipes")
+    recipe = build(TrainRecipe, data)
+    return recipe, dataclasses.asdict(recipe)

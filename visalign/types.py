@@ -26,6 +26,15 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def select(self, idx: torch.Tensor) -> "Trajectory":
+        """The samples at idx ([k] long), sharing the schedule."""
+        i = idx.tolist()
+        return Trajectory(
+            prompts=[self.prompts[j] for j in i], seeds=[self.seeds[j] for j in i], states=self.states[idx],
+            log_probs=self.log_probs[idx], sigmas=self.sigmas, stochastic=self.stochastic, images=self.images[idx],
+            extras=dict(self.extras),
+        )
+
 
 @dataclass
 class StepLogProb:

@@ -72,9 +72,27 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tiny_flow_model, tm
     with pytest.raises(CheckpointError, match="config .* is corrupt"):
         ShapesModel.from_pretrained(tmp_path)
     base = '"attention": [false, true], "resolution": 16, "text_dim": 32, "text_layers": 1, "heads": 2'
-    (tmp_path / "config.json").write_text('{"channels": [16, 64], ' + base + "}")
+    (tmp_path / "config.json").write_text('{"channels": [16, 32, 64], "attention": [false, true, true], '
+                                          '"resolution": 16, "text_dim": 32, "text_layers": 1, "heads": 2}')
     with pytest.raises(CheckpointError, match="first missing keys .* first unexpected keys"):
         ShapesModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text('{"channels": [16, 32], "max_prompt_words": 6, ' + base + "}")
     with pytest.raises(CheckpointError, match=r"wrong shapes: text_encoder.pos \(8, 32\) != \(6, 32\)"):
         ShapesModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["flow", "dance"])
+def test_ratio_is_one_with_lora(tiny_flow_model, kind):
+    from visalign.models.lora import add_lora
+
+    params = add_lora(tiny_flow_model, 4, 4.0, ("to_q", "to_k", "to_v", "to_out"))
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.1)  # LoRA's B starts at 0; make the adapter matter
+    policy = FlowPolicy(ShapesFlowAdapter(tiny_flow_model))
+    traj = policy.sample(PROMPTS, [5, 6, 7], FlowSampling(steps=3, guidance_scale=2.5, kind=kind))
+    for i in range(3):
+        lp = policy.log_prob(traj, i)
+        assert (lp.log_prob.detach() - traj.log_probs[:, i]).abs().max() < 1e-5
+    lp.log_prob.sum().backward()
+    assert all(p.grad is not None for p in params if "lora_B" in str(p.shape) or True)

@@ -158,12 +158,21 @@ def _atomic(target: Path, write) -> None:
 class ShapesFlowAdapter:
     """The built-in velocity model as a FlowPolicy adapter: pixel space, so decode is the identity."""
 
+    family = "flow"
+
     def __init__(self, model: ShapesModel):
         if model.config.prediction != "velocity":
             raise ValueError(f"a flow adapter needs a velocity model, this one predicts {model.config.prediction}")
         self.model = model
         r = model.config.resolution
         self.latent_shape = (3, r, r)
+        self.default_steps = model.config.sample_steps
+        self.default_guidance = model.config.guidance_scale
+
+    @property
+    def module(self) -> nn.Module:
+        """The trainable network (full fine-tuning and LoRA act on it)."""
+        return self.model
 
     def encode(self, prompts: list[str]) -> TextCondition:
         return self.model.encode_prompts(prompts)

@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import numpy as np
-import torch
 import yaml
 
+from ..images import tensor_to_images
 from ..registry import Registry
 from ..world import grammar, render
 from .builtin import ShapesFlowAdapter, ShapesModel
@@ -39,25 +39,21 @@ class OracleGenerator:
         return np.stack(out)
 
 
-class FlowGenerator:
-    """A flow model sampled with the deterministic (ODE) sampler and classifier-free guidance."""
+class PolicyGenerator:
+    """Any model adapter sampled by its family's policy with the deterministic sampler and CFG."""
 
-    def __init__(self, model: ShapesModel, steps: int | None = None, guidance: float | None = None,
-                 batch_size: int = 128):
-        from ..policies.flow import FlowPolicy, FlowSampling
+    def __init__(self, adapter, steps: int | None = None, guidance: float | None = None, batch_size: int = 128):
+        from ..policies import make_policy
 
-        cfg = model.config
-        self.model = model
-        self.policy = FlowPolicy(ShapesFlowAdapter(model))
-        self.sampling = FlowSampling(steps=steps or cfg.sample_steps,
-                                     guidance_scale=cfg.guidance_scale if guidance is None else guidance, kind="ode")
+        self.adapter = adapter
+        self.policy = make_policy(adapter)
+        self.sampling = self.policy.eval_sampling(steps, guidance)
         self.batch_size = batch_size
 
     def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
-        from ..trainer.pretrain import tensor_to_images
-
         for p in prompts:
-            grammar.parse_prompt(p) if p else None
+            if p:
+                grammar.parse_prompt(p)
         out = []
         for i in range(0, len(prompts), self.batch_size):
             traj = self.policy.sample(prompts[i : i + self.batch_size], seeds[i : i + self.batch_size], self.sampling)
@@ -70,10 +66,9 @@ def _oracle(**opts):
     return OracleGenerator(**opts)
 
 
-@MODELS.register("builtin:shapes-flow", "bundled 2.7M-param rectified-flow UNet (options: steps, guidance, path)")
-def _shapes_flow(path: str | None = None, **opts):
-    model = ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-flow")
-    return FlowGenerator(model, **opts)
+@MODELS.register("builtin:shapes-flow", "bundled 2.7M-param rectified-flow UNet, 32x32 (option: path)")
+def _shapes_flow(path: str | None = None):
+    return ShapesFlowAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-flow"))
 
 
 def _typed(value: str):
@@ -83,15 +78,36 @@ def _typed(value: str):
         return value
 
 
-def load_generator(spec: str):
-    """'name' or 'name?key=value&key=value' -> a generator. A directory path loads a ShapesModel."""
+def _split(spec: str) -> tuple[str, dict]:
     name, _, query = spec.partition("?")
-    opts = {k: _typed(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+    return name, {k: _typed(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+
+
+def load_model(spec: str):
+    """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
+    for the oracle). A directory path loads a built-in model saved with save_pretrained."""
+    name, opts = _split(spec)
     if name not in MODELS and Path(name).is_dir():
-        return FlowGenerator(ShapesModel.from_pretrained(name), **opts)
+        return ShapesFlowAdapter(ShapesModel.from_pretrained(name, **opts))
     factory = MODELS.get(name)
     try:
         return factory(**opts)
     except TypeError as e:
         raise ValueError(f"model '{name}' does not take options {sorted(opts)}: {e}") from None
 
+
+GENERATOR_OPTIONS = ("steps", "guidance", "batch_size")
+
+
+def load_generator(spec: str):
+    """A model spec -> generate(prompts, seeds) -> uint8 [B, H, W, 3]. Sampler options (steps, guidance,
+    batch_size) may follow the name: 'builtin:shapes-flow?steps=10&guidance=4'."""
+    name, opts = _split(spec)
+    gen_opts = {k: opts.pop(k) for k in GENERATOR_OPTIONS if k in opts}
+    model_spec = name + ("?" + "&".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
+    obj = load_model(model_spec)
+    if hasattr(obj, "generate"):
+        if gen_opts:
+            raise ValueError(f"model '{name}' takes no sampler options {sorted(gen_opts)}")
+        return obj
+    return PolicyGenerator(obj, **gen_opts)

@@ -42,24 +42,46 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections (named as diffusers names them, so LoRA
+    targets read the same): queries [B, N, D] attend to context [B, M, Dc] (masked where mask is False)."""
+
+    def __init__(self, dim: int, ctx_dim: int | None = None, heads: int = 4):
+        super().__init__()
+        ctx_dim = ctx_dim or dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(ctx_dim, dim)
+        self.to_v = nn.Linear(ctx_dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x, ctx=None, mask=None):
+        ctx = x if ctx is None else ctx
+        b, n, d = x.shape
+        split = lambda t: t.view(b, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731 [B, h, N, d/h]
+        q, k, v = split(self.to_q(x)), split(self.to_k(ctx)), split(self.to_v(ctx))
+        attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, M]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, h, N, d/h]
+        return self.to_out(o.transpose(1, 2).reshape(b, n, d))
+
+
 class AttnBlock(nn.Module):
     """Self-attention over positions, then cross-attention to the text tokens (masked), then an MLP."""
 
     def __init__(self, dim: int, ctx_dim: int, heads: int = 4):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.self_attn = Attention(dim, heads=heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.cross_attn = nn.MultiheadAttention(dim, heads, kdim=ctx_dim, vdim=ctx_dim, batch_first=True)
+        self.cross_attn = Attention(dim, ctx_dim, heads)
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x, ctx, ctx_mask):
         b, c, h, w = x.shape
         s = x.flatten(2).transpose(1, 2)  # [B, HW, C]
-        n = self.norm1(s)
-        s = s + self.self_attn(n, n, n, need_weights=False)[0]
-        s = s + self.cross_attn(self.norm2(s), ctx, ctx, key_padding_mask=~ctx_mask, need_weights=False)[0]
+        s = s + self.self_attn(self.norm1(s))
+        s = s + self.cross_attn(self.norm2(s), ctx, ctx_mask)
         s = s + self.mlp(self.norm3(s))
         return s.transpose(1, 2).reshape(b, c, h, w)
 

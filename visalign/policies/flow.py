@@ -49,6 +49,11 @@ class FlowPolicy:
         self.adapter = adapter
         self.sampling = sampling
 
+    def eval_sampling(self, steps: int | None = None, guidance: float | None = None) -> FlowSampling:
+        """The deterministic sampler evaluation uses, with the model's own defaults."""
+        return FlowSampling(steps=steps or self.adapter.default_steps, kind="ode",
+                            guidance_scale=self.adapter.default_guidance if guidance is None else guidance)
+
     def stochastic_mask(self, sampling: FlowSampling | None = None) -> torch.Tensor:
         """[T] bool: which steps are drawn from the SDE (and carry a log-prob)."""
         s = sampling or self.sampling

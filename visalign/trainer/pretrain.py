@@ -20,18 +20,8 @@ from ..config import PretrainConfig
 from ..models.builtin import ShapesModel, ShapesModelConfig
 from ..world import grammar, render
 from ..world.vocab import CATEGORIES
+from ..images import images_to_tensor
 from ..math import schedules
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class SceneStream:

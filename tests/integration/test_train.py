@@ -1,0 +1,156 @@
+"""The RL loop end to end on a tiny random model: exact resume, 2 processes == 1, NaN handling, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from visalign.cli import main
+from visalign.config import load_train_recipe
+from visalign.rewards.base import REWARDS, Reward
+from visalign.trainer.logging import TIMING_FIELDS, read_metrics
+from visalign.trainer.trainer import Trainer, TrainingStopped
+from visalign.types import RewardOutput
+
+
+class _Brightness(Reward):
+    """Test reward: mean brightness (a dense, always-varying signal); `nan_after` returns NaN from then on."""
+
+    def __init__(self, nan_after: int = -1):
+        self.calls, self.nan_after = 0, nan_after
+
+    def __call__(self, images, prompts, metadata=None):
+        self.calls += 1
+        s = images.float().mean(dim=(1, 2, 3))
+        if 0 <= self.nan_after < self.calls:
+            s = s * float("nan")
+        return RewardOutput(s)
+
+
+if "test_brightness" not in REWARDS:
+    REWARDS.register("test_brightness")(lambda nan_after=-1: _Brightness(nan_after))
+
+
+@pytest.fixture
+def tiny_dir(tiny_flow_model, tmp_path):
+    path = tmp_path / "tiny"
+    tiny_flow_model.save_pretrained(path)
+    return path
+
+
+def _overrides(tiny_dir, *extra):
+    return [f"model={tiny_dir}", "train.batch_size=8", "train.group_size=4", "train.eval_per_category=1",
+            "sampling.steps=3", "reward=test_brightness", "train.checkpoint_every=2", "train.eval_every=2", *extra]
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS and not k.startswith("time_")} for r in rows]
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_resume_equals_uninterrupted_bitwise(tiny_dir, tmp_path, finetune):
+    over = _overrides(tiny_dir, f"train.finetune={finetune}", "algorithm_options.kl_beta=0.01")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", "geneval-s-grpo", *over, "train.iterations=4", "--out", str(straight)]) == 0
+    assert main(["train", "geneval-s-grpo", *over, "train.iterations=2", "--out", str(split)]) == 0
+    assert main(["train", "geneval-s-grpo", *over, "train.iterations=4", "--out", str(split), "--resume"]) == 0
+    a = load_file(str(straight / "checkpoints" / "iter-000004" / "weights.safetensors"))
+    b = load_file(str(split / "checkpoints" / "iter-000004" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = _strip(read_metrics(straight)), _strip(read_metrics(split))
+    assert [r["iteration"] for r in ma] == [0, 1, 2, 3, 4]
+    assert ma == mb
+    assert all(r["loss"] is not None for r in ma[1:]) and ma[-1]["nfe"] > ma[1]["nfe"] > 0
+
+
+def test_every_trainable_parameter_changes_and_kl_is_logged(tiny_dir, tmp_path):
+    recipe, resolved = load_train_recipe("geneval-s-grpo", _overrides(
+        tiny_dir, "train.iterations=2", "train.finetune=full", "algorithm_options.kl_beta=0.1", "train.lr=1e-2",
+        "algorithm_options.clip_range=10"))
+    t = Trainer(recipe, resolved, tmp_path / "run", progress=False, log=lambda *a: None)
+    before = {n: p.detach().clone() for n, p in t.module.named_parameters()}
+    rows = t.train()
+    unchanged = [n for n, p in t.module.named_parameters() if torch.equal(p, before[n])]
+    assert unchanged == [], unchanged
+    assert rows[1]["kl"] < 1e-10 < 1e-6 < rows[2]["kl"]  # policy == reference at the first update, then it moves
+
+
+def test_nan_reward_skips_update_and_stops_after_limit(tiny_dir, tmp_path):
+    recipe, resolved = load_train_recipe("geneval-s-grpo", _overrides(
+        tiny_dir, "train.iterations=6", "reward_options.nan_after=1", "train.max_bad_updates=2"))
+    logs = []
+    t = Trainer(recipe, resolved, tmp_path / "run", progress=False, log=logs.append)
+    with pytest.raises(TrainingStopped, match="2 consecutive non-finite updates"):
+        t.train()
+    assert any("non-finite reward; update skipped" in line for line in logs)
+    assert t.iteration == 2  # iteration 1 trained, 2 skipped (logged), 3 skipped -> stop
+
+
+def test_two_processes_equal_one(tiny_dir, tmp_path):
+    over = _overrides(tiny_dir, "train.iterations=2", "train.finetune=full", "reward=geneval_s", "reward_options.dense=true")
+    env = {**os.environ, "VISALIGN_THREADS": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "visalign.cli", "train", "geneval-s-grpo", *over, "--out",
+                          str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    two = subprocess.run([*launcher, "-m", "visalign.cli", "train", "geneval-s-grpo", *over, "--out",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "iter-000002" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoints" / "iter-000002" / "weights.safetensors"))
+    base = load_file(str(tiny_dir / "model.safetensors"))
+    assert max((a[k] - base[k]).abs().max().item() for k in a) > 1e-4  # training moved the weights
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    ra, rb = _strip(read_metrics(tmp_path / "one")), _strip(read_metrics(tmp_path / "two"))
+    assert [r["reward_mean"] for r in ra] == [r["reward_mean"] for r in rb]  # the same global batch, groups intact
+    assert [r["nfe"] for r in ra] == [r["nfe"] for r in rb]
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["train.group_size=3"], "train.group_size=3 does not divide train.batch_size=8"),
+        (["sampling.sde_window=[2, 9]"], "sde_window (2, 9) must satisfy 0 <= start < end <= steps (3)"),
+        (["train.lr=fast"], "train.lr='fast' must be a number"),
+        (["train.nope=1"], "unknown key 'train.nope'"),
+        (["algorithm=nope"], "unknown algorithm 'nope'"),
+        (["reward=nope"], "unknown reward 'nope'"),
+        (["sampling.kind=ode"], "grpo needs log-probs of sampled steps"),
+        (["train.lora_targets=[qkv]"], "LoRA targets ['qkv'] are not modules of this model; it has:"),
+    ],
+)
+def test_bad_training_input_is_one_line(tiny_dir, tmp_path, extra, needle, capsys):
+    assert main(["train", "geneval-s-grpo", *_overrides(tiny_dir, *extra), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err, err
+
+
+def test_resume_errors(tiny_dir, tmp_path, capsys):
+    over = _overrides(tiny_dir, "train.iterations=2")
+    assert main(["train", "geneval-s-grpo", *over, "--out", str(tmp_path / "missing"), "--resume"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "geneval-s-grpo", *over, "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main(["train", "geneval-s-grpo", *over, "--out", str(tmp_path / "r")]) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert main(["train", "geneval-s-grpo", *over, "train.lr=1e-2", "train.iterations=3", "--out",
+                 str(tmp_path / "r"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "made by another recipe or settings (differs in train.lr)" in err and "\n" not in err.strip()
+
+
+def test_report_has_curves_table_and_grids(tiny_dir, tmp_path):
+    run = tmp_path / "r"
+    assert main(["train", "geneval-s-grpo", *_overrides(tiny_dir, "train.iterations=2"), "--out", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    for needle in ("Held-out GenEval-S", "<svg", "before (iter 0)", "after (iter 2)", "data:image/png;base64",
+                   "Where the time went", "color_attr"):
+        assert needle in page
+    rows = read_metrics(run)
+    assert {"iteration", "reward_mean", "loss", "nfe", "wall_s"} <= rows[1].keys()
+    assert "eval_overall" in rows[2] and json.loads((run / "recipe.json").read_text())["algorithm"] == "grpo"

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from visalign.math.advantages import PerPromptStatTracker, group_advantages
+from visalign.math.losses import ppo_clip_loss
+
+
+def test_group_advantages_hand_worked():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    a = group_advantages(r, 4, eps=0.0, clip=100)
+    # group 1: mean 0.5, population std 0.5 -> +-1; group 2: mean 0.25, std sqrt(3)/4
+    assert torch.allclose(a[:4], torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    s = 3**0.5 / 4
+    assert torch.allclose(a[4:], torch.tensor([-0.25, -0.25, -0.25, 0.75]) / s)
+
+
+def test_group_advantages_all_equal_group_is_zero_and_global_std():
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    a = group_advantages(r, 2, eps=1e-4)
+    assert torch.equal(a[:2], torch.zeros(2))
+    g = group_advantages(r, 2, global_std=True, eps=0.0)
+    std = r.std(unbiased=False)  # 0.433
+    assert torch.allclose(g, torch.tensor([0.0, 0.0, -0.5, 0.5]) / std)
+
+
+def test_group_advantages_clip_and_bad_group():
+    r = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert group_advantages(r, 4, eps=1e-8, clip=1.5).max() == 1.5
+    with pytest.raises(ValueError, match="do not split into groups of 3"):
+        group_advantages(r, 3)
+
+
+def test_per_prompt_tracker_uses_batch_stats_until_min_count():
+    t = PerPromptStatTracker(buffer_size=4, min_count=3, eps=0.0)
+    a = t.update(["p", "p", "q", "q"], torch.tensor([1.0, 0.0, 2.0, 0.0]))
+    # buffers too small -> batch mean 0.75, std 0.829
+    b = torch.tensor([1.0, 0.0, 2.0, 0.0])
+    assert torch.allclose(a, (b - b.mean()) / b.std(unbiased=False))
+    a2 = t.update(["p", "p"], torch.tensor([1.0, 1.0]))
+    # p's buffer is [1, 0, 1, 1]: mean 0.75, std 0.433
+    assert torch.allclose(a2, torch.tensor([0.25, 0.25]) / torch.tensor([1.0, 0, 1, 1]).std(unbiased=False))
+    state = t.state_dict()
+    t2 = PerPromptStatTracker(buffer_size=4, min_count=3, eps=0.0)
+    t2.load_state_dict(state)
+    assert torch.equal(t2.update(["p"], torch.tensor([0.0])), t.update(["p"], torch.tensor([0.0])))
+
+
+def test_ppo_clip_loss_hand_worked():
+    lp_old = torch.zeros(4)
+    lp = torch.log(torch.tensor([1.5, 1.5, 0.5, 1.0]))
+    adv = torch.tensor([1.0, -1.0, 1.0, 2.0])
+    loss, ratio = ppo_clip_loss(lp, lp_old, adv, clip_range=0.2)
+    # A>0, r=1.5: max(-1.5, -1.2) = -1.2 (clipped, no gain past 1+c)
+    # A<0, r=1.5: max(1.5, 1.2) = 1.5 (unclipped, the pessimistic side)
+    # A>0, r=0.5: max(-0.5, -0.8) = -0.5
+    # r=1: -A
+    assert torch.allclose(loss, torch.tensor([-1.2, 1.5, -0.5, -2.0]))
+    assert torch.allclose(ratio, torch.tensor([1.5, 1.5, 0.5, 1.0]))
+
+
+def test_ppo_gradient_on_policy_is_minus_advantage_times_score():
+    lp = torch.zeros(3, requires_grad=True)
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    loss, _ = ppo_clip_loss(lp, lp.detach(), adv, clip_range=1e-4)
+    loss.sum().backward()
+    assert torch.allclose(lp.grad, -adv)

@@ -1,0 +1,65 @@
+"""The Algorithm interface. An algorithm is a small composition of math/ pieces: it turns a scored
+rollout into per-sample advantages (or weights), picks the steps to train on, and gives the loss of one
+step. It never sees ranks, optimizers or models directly: the trainer owns those."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..registry import Registry
+from ..types import StepLogProb, Trajectory
+
+ALGORITHMS = Registry("algorithm")
+
+# reference(traj, step) -> StepLogProb under the frozen reference policy (no grad)
+ReferenceFn = Callable[[Trajectory, int], StepLogProb]
+
+
+class CapabilityError(ValueError):
+    """An algorithm asked for something the policy or reward cannot give (one-line message)."""
+
+
+class Algorithm:
+    name = "algorithm"
+    config_cls = None
+    needs_log_prob = False  # scores sampled steps (policy-gradient family)
+
+    def __init__(self, config):
+        self.config = config
+
+    def check(self, policy, reward, sampling) -> None:
+        """Refuse at construction, with a one-line reason, what this algorithm cannot train."""
+        if self.needs_log_prob and not bool(policy.stochastic_mask(sampling).any()):
+            raise CapabilityError(
+                f"{self.name} needs log-probs of sampled steps, but the rollout sampler is deterministic "
+                f"(kind '{sampling.kind}'); use kind flow, dance or cps"
+            )
+
+    def advantages(self, rewards: torch.Tensor, prompts: list[str], group_size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_steps(self, traj: Trajectory, gen: torch.Generator) -> list[int]:
+        return [int(i) for i in torch.nonzero(traj.stochastic).flatten()]
+
+    def step_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, step: int,
+                  reference: ReferenceFn | None) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    @property
+    def uses_reference(self) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def load_algorithm(name: str, options: dict | None = None) -> Algorithm:
+    from ..config import build
+
+    cls = ALGORITHMS.get(name)
+    return cls(build(cls.config_cls, options or {}, f"algorithm.{name}"))

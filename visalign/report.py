@@ -1,0 +1,115 @@
+"""`visalign report RUN` -> RUN/report.html: one self-contained page (inline SVG charts, embedded PNGs)
+with the reward and held-out eval curves, the per-category before/after table, before/after sample grids
+on the same prompts and seeds, and where the time went."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .trainer.checkpoint import atomic_write_text
+from .trainer.logging import read_metrics
+
+
+def svg_lines(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, width: int = 460,
+              height: int = 240) -> str:
+    """A small line chart: {name: [(x, y), ...]} -> inline SVG."""
+    pts = [p for s in series.values() for p in s if p[1] is not None]
+    if not pts:
+        return "<p>(no data)</p>"
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    if y1 - y0 < 1e-9:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    x1 = x1 if x1 > x0 else x0 + 1
+    ml, mb, mt, mr = 48, 32, 10, 10
+    sx = lambda x: ml + (x - x0) / (x1 - x0) * (width - ml - mr)  # noqa: E731
+    sy = lambda y: height - mb - (y - y0) / (y1 - y0) * (height - mb - mt)  # noqa: E731
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    out = [f'<svg width="{width}" height="{height}" style="font:11px sans-serif;background:#fff">']
+    out.append(f'<line x1="{ml}" y1="{height - mb}" x2="{width - mr}" y2="{height - mb}" stroke="#444"/>')
+    out.append(f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{height - mb}" stroke="#444"/>')
+    for v in (y0, (y0 + y1) / 2, y1):
+        out.append(f'<text x="{ml - 4}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
+    for v in (x0, (x0 + x1) / 2, x1):
+        out.append(f'<text x="{sx(v):.1f}" y="{height - mb + 14}" text-anchor="middle">{v:.4g}</text>')
+    out.append(f'<text x="{(ml + width) / 2}" y="{height - 4}" text-anchor="middle">{html.escape(xlabel)}</text>')
+    out.append(f'<text x="12" y="{height / 2}" transform="rotate(-90 12 {height / 2})" text-anchor="middle">'
+               f'{html.escape(ylabel)}</text>')
+    for i, (name, s) in enumerate(series.items()):
+        s = [p for p in s if p[1] is not None]
+        c = colors[i % len(colors)]
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.8" points="{path}"/>')
+        for x, y in s if len(s) < 40 else []:
+            out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{c}"/>')
+        out.append(f'<text x="{width - mr - 4}" y="{mt + 12 + 13 * i}" text-anchor="end" fill="{c}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;max-width:100%">'
+
+
+def write_report(run: str | Path) -> Path:
+    run = Path(run)
+    rows = read_metrics(run)
+    if not rows:
+        raise FileNotFoundError(f"{run}/metrics.jsonl is missing or empty: not a training run folder")
+    recipe = json.loads((run / "recipe.json").read_text()) if (run / "recipe.json").exists() else {}
+    train = [r for r in rows if r["iteration"] > 0]
+    evals = [r for r in rows if "eval_overall" in r]
+    parts = [f"<h1>visalign run: {html.escape(recipe.get('name', run.name))}</h1>"]
+    parts.append(f"<p>{html.escape(recipe.get('description', ''))}</p>")
+    parts.append("<p>model <b>{}</b>, algorithm <b>{}</b>, reward <b>{}</b>, {} iterations of {} images</p>".format(
+        *(html.escape(str(x)) for x in (recipe.get("model"), recipe.get("algorithm"), recipe.get("reward"),
+                                        len(train), recipe.get("train", {}).get("batch_size")))))
+
+    if evals:
+        first, last = evals[0], evals[-1]
+        parts.append("<h2>Held-out GenEval-S</h2>")
+        parts.append(svg_lines({"overall": [(r["iteration"], r["eval_overall"]) for r in evals]}, "iteration", "eval overall"))
+        parts.append(svg_lines({"overall": [(r["nfe"], r["eval_overall"]) for r in evals]}, "model evaluations (NFE)", "eval overall"))
+        parts.append(svg_lines({"overall": [(r["wall_s"], r["eval_overall"]) for r in evals]}, "training wall time (s)", "eval overall"))
+        table = ["<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>category</th>"
+                 f"<th>before (iter {first['iteration']})</th><th>after (iter {last['iteration']})</th><th>change</th></tr>"]
+        for c, before in first["eval_categories"].items():
+            after = last["eval_categories"][c]
+            table.append(f"<tr><td>{c}</td><td>{before:.3f}</td><td>{after:.3f}</td><td>{after - before:+.3f}</td></tr>")
+        table.append(f"<tr><th>overall</th><th>{first['eval_overall']:.3f}</th><th>{last['eval_overall']:.3f}</th>"
+                     f"<th>{last['eval_overall'] - first['eval_overall']:+.3f}</th></tr></table>")
+        parts.append("".join(table))
+        b, a = run / "samples" / f"iter-{first['iteration']:06d}.png", run / "samples" / f"iter-{last['iteration']:06d}.png"
+        if b.exists() and a.exists():
+            parts.append("<h2>Samples: before and after (same prompts, same seeds; one row per category)</h2>")
+            parts.append(f"<table><tr><th>before</th><th>after</th></tr><tr><td>{_img(b)}</td><td>{_img(a)}</td></tr></table>")
+            pj = run / "samples" / "prompts.json"
+            if pj.exists():
+                prompts = json.loads(pj.read_text())
+                parts.append("<p style='font-size:11px'>prompts, row by row: " + html.escape(" | ".join(prompts)) + "</p>")
+
+    if train:
+        parts.append("<h2>Training reward</h2>")
+        parts.append(svg_lines({"reward mean": [(r["iteration"], r["reward_mean"]) for r in train]}, "iteration", "reward"))
+        losses = [(r["iteration"], r.get("loss")) for r in train]
+        parts.append(svg_lines({"loss": losses}, "iteration", "loss"))
+        totals: dict[str, float] = {}
+        for r in train:
+            for k, v in r.items():
+                if k.startswith("time_") and isinstance(v, (int, float)):
+                    totals[k[5:-2]] = totals.get(k[5:-2], 0.0) + v
+        wall = train[-1]["wall_s"]
+        parts.append("<h2>Where the time went</h2><table border=1 cellpadding=4 style='border-collapse:collapse'>"
+                     "<tr><th>stage</th><th>seconds</th><th>share of training wall time</th></tr>")
+        for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
+            note = " (inside the network, forward + backward)" if k == "model" else (" (not in wall time)" if k == "eval" else "")
+            parts.append(f"<tr><td>{k}{note}</td><td>{v:.1f}</td><td>{v / wall:.1%}</td></tr>")
+        parts.append(f"<tr><th>training wall time</th><th>{wall:.1f}</th><th></th></tr></table>")
+    page = "<!doctype html><meta charset=utf-8><title>visalign report</title><body style='font-family:sans-serif;max-width:1000px;margin:auto'>"
+    out = run / "report.html"
+    atomic_write_text(out, page + "\n".join(parts) + "</body>")
+    return out

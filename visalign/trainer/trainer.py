@@ -1,0 +1,333 @@
+"""The one trainer: rollout -> reward -> advantages -> update, each stage timed; evaluation on the held-out
+GenEval-S prompts, metrics, checkpoints and exact resume. Models, algorithms and rewards plug in through
+their interfaces; nothing here knows which model or algorithm it runs, and only distributed.py knows ranks.
+
+Reproducibility: every random choice of iteration i (prompts, per-sample noise seeds, trained steps)
+comes from generators seeded with (seed, i), so a resumed run repeats an uninterrupted one exactly, and
+minibatch k always holds the global samples j with j mod M == k, so N processes compute what one does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..algorithms import load_algorithm
+from ..config import TrainRecipe, build
+from ..distributed import Distributed
+from ..evaluate import evaluate
+from ..images import save_grid
+from ..models import lora
+from ..models.registry import PolicyGenerator, load_model
+from ..policies import FlowSampling, make_policy
+from ..rewards import load_reward
+from ..world import grammar
+from ..world.vocab import CATEGORIES
+from .checkpoint import ResumeError, atomic_write_text, load_checkpoint, save_checkpoint
+from .logging import MetricsLog, Stopwatch
+
+# Recipe keys that may change when a run is resumed (they do not change what was computed so far).
+RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every")
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (e.g. too many non-finite updates); message is one line."""
+
+
+class InstrumentedAdapter:
+    """A model adapter that counts network evaluations (images through the network) and times them."""
+
+    def __init__(self, adapter, stopwatch: Stopwatch):
+        self._adapter, self._sw, self.nfe = adapter, stopwatch, 0
+
+    def velocity(self, x, *a, **k):
+        self.nfe += x.shape[0]
+        with self._sw("model"):
+            return self._adapter.velocity(x, *a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._adapter, name)
+
+
+class PromptSampler:
+    """Train-split prompts: a category uniformly, then one of its prompts uniformly; each drawn prompt is
+    repeated group_size times in a row (one group)."""
+
+    def __init__(self, seed: int, split: str = "train"):
+        self.seed = seed
+        self.prompts = {c: grammar.prompts(c, split) for c in CATEGORIES}
+
+    def draw(self, iteration: int, n_groups: int, group_size: int) -> tuple[list[str], list[int]]:
+        rng = np.random.default_rng([self.seed, iteration])
+        prompts, seeds = [], []
+        for g in range(n_groups):
+            cat = CATEGORIES[rng.integers(len(CATEGORIES))]
+            p = self.prompts[cat][rng.integers(len(self.prompts[cat]))]
+            prompts += [p] * group_size
+        seeds = [int(s) for s in rng.integers(0, 2**62, size=n_groups * group_size)]
+        return prompts, seeds
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.default_rng(list(parts)).integers(0, 2**62))
+
+
+def lr_factor(iteration: int, cfg) -> float:
+    """Multiplier of cfg.lr at a 1-based iteration: linear warmup, then constant or cosine to 0."""
+    if iteration <= cfg.warmup_iterations:
+        return iteration / max(1, cfg.warmup_iterations)
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    p = (iteration - cfg.warmup_iterations) / max(1, cfg.iterations - cfg.warmup_iterations)
+    return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(_flatten(v, key) if isinstance(v, dict) and k not in ("reward_options", "algorithm_options", "sampling") else {key: v})
+    return out
+
+
+class Trainer:
+    def __init__(self, recipe: TrainRecipe, resolved: dict, run: str | Path, resume: bool = False,
+                 dist: Distributed | None = None, log=print, progress: bool = True):
+        self.recipe, self.resolved, self.run = recipe, resolved, Path(run)
+        self.cfg = cfg = recipe.train
+        self.dist = dist or Distributed()
+        self.log = log if self.dist.is_main else (lambda *a, **k: None)
+        self.progress = progress and self.dist.is_main
+        self.sw = Stopwatch()
+        per_rank = cfg.batch_size // self.dist.world_size
+        if cfg.batch_size % self.dist.world_size or per_rank % cfg.minibatches:
+            raise ValueError(
+                f"train.batch_size={cfg.batch_size} over {self.dist.world_size} processes x train.minibatches="
+                f"{cfg.minibatches} does not split evenly; accepted: batch_size a multiple of processes x minibatches"
+            )
+        if not resume and (self.run / "checkpoints" / "latest").exists():
+            raise ResumeError(f"{self.run} already holds a run; pass --resume to continue it, or choose another --out")
+
+        torch.manual_seed(cfg.seed)
+        adapter = load_model(recipe.model)
+        if not hasattr(adapter, "module"):
+            raise ValueError(f"model '{recipe.model}' is not trainable (it has no network); choose a model adapter")
+        self.adapter = adapter
+        self.module = adapter.module.to(self.dist.device)
+        self.sampling = build(FlowSampling, recipe.sampling, "sampling")
+        self.instrumented = InstrumentedAdapter(adapter, self.sw)
+        self.policy = make_policy(self.instrumented, self.sampling)
+        self.reward = load_reward(recipe.reward, **recipe.reward_options)
+        self.algorithm = load_algorithm(recipe.algorithm, recipe.algorithm_options)
+        self.algorithm.check(self.policy, self.reward, self.sampling)
+
+        if cfg.finetune == "lora":
+            self.params = lora.add_lora(self.module, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+            self.ref_policy = None
+        else:
+            self.params = [p for p in self.module.parameters() if p.requires_grad]
+            self.ref_policy = None
+            if self.algorithm.uses_reference:
+                ref_adapter = copy.deepcopy(adapter)
+                ref_adapter.module.requires_grad_(False)
+                self.ref_policy = make_policy(ref_adapter, self.sampling)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        self.prompts = PromptSampler(cfg.seed)
+        self.iteration, self.nfe, self.wall, self.bad_updates = 0, 0, 0.0, 0
+
+        if resume:
+            self._restore()
+        elif self.dist.is_main:
+            self.run.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
+        if self.dist.is_main:
+            atomic_write_text(self.run / "recipe.json", json.dumps(resolved, indent=2))
+        self.metrics = MetricsLog(self.run, enabled=self.dist.is_main, resume_iteration=self.iteration if resume else None)
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def reference(self, traj, step):
+        """Log-prob of a step under the frozen reference: the base with LoRA off, or a frozen copy."""
+        with torch.no_grad():
+            if self.ref_policy is not None:
+                return self.ref_policy.log_prob(traj, step)
+            with lora.adapters_disabled(self.module):
+                return self.policy.log_prob(traj, step)
+
+    def rollout(self, it: int):
+        cfg = self.cfg
+        prompts_all, seeds_all = self.prompts.draw(it, cfg.batch_size // cfg.group_size, cfg.group_size)
+        local = self.dist.shard(cfg.batch_size)
+        with self.sw("rollout"):
+            traj = self.policy.sample(prompts_all[local], seeds_all[local], self.sampling)
+        with self.sw("reward"):
+            scores = self.reward(traj.images, traj.prompts).scores.float().to(self.dist.device)
+        rewards_all = self.dist.gather(scores)  # [B_global]
+        return traj, prompts_all, rewards_all, local
+
+    def update(self, it: int, traj, advantages: torch.Tensor) -> dict:
+        """epochs x minibatches optimizer steps; minibatch k = local samples j with j mod M == k."""
+        cfg, algo = self.cfg, self.algorithm
+        b = len(traj)
+        losses, stats = [], {}
+        for epoch in range(cfg.epochs):
+            gen = torch.Generator().manual_seed(_seed(cfg.seed, it, epoch))
+            for k in range(cfg.minibatches):
+                idx = torch.arange(k, b, cfg.minibatches)
+                sub, adv = traj.select(idx), advantages[idx]
+                steps = algo.train_steps(sub, gen)
+                self.optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for step in steps:
+                    loss, m = algo.step_loss(self.policy, sub, adv, step, self.reference if algo.uses_reference else None)
+                    with self.sw("model"):
+                        (loss / len(steps)).backward()
+                    total += loss.item() / len(steps)
+                    for key, v in m.items():
+                        stats.setdefault(key, []).append(v)
+                self.dist.average_gradients(self.params)
+                gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                ok = torch.tensor(float(math.isfinite(total) and bool(torch.isfinite(gnorm))))
+                if self.dist.all_reduce_mean(ok).item() < 1:  # every rank skips together
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._bad(f"iteration {it}: non-finite loss or gradient ({total}); update skipped")
+                    continue
+                for g in self.optimizer.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(it, cfg)
+                self.optimizer.step()
+                self.bad_updates = 0
+                losses.append(total)
+                stats.setdefault("grad_norm", []).append(float(gnorm))
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out["loss"] = float(self.dist.all_reduce_mean(torch.tensor(np.mean(losses) if losses else float("nan"))))
+        return out
+
+    def _bad(self, message: str) -> None:
+        self.bad_updates += 1
+        self.log(f"warning: {message} ({self.bad_updates} in a row, stop at {self.cfg.max_bad_updates})")
+        if self.bad_updates >= self.cfg.max_bad_updates:
+            raise TrainingStopped(
+                f"stopped after {self.bad_updates} consecutive non-finite updates (train.max_bad_updates="
+                f"{self.cfg.max_bad_updates}); lower train.lr or check the reward"
+            )
+
+    def evaluate(self, it: int) -> dict:
+        """Held-out GenEval-S with the deterministic sampler, on the main process; others wait."""
+        out = {}
+        if self.dist.is_main:
+            with self.sw("eval"):
+                gen = PolicyGenerator(self.adapter, self.recipe.eval.steps, self.recipe.eval.guidance)
+                res = evaluate(gen, self.cfg.eval_per_category, self.cfg.eval_seed, return_images=True)
+                self._save_samples(it, res)
+            out = {"eval_overall": res["overall"], "eval_categories": res["categories"], "eval_partial": res["partial"]}
+        self.dist.barrier()
+        return out
+
+    def _save_samples(self, it: int, res: dict) -> None:
+        """A fixed grid for the report: the first 8 eval images of each category (same prompts and seeds
+        at every evaluation)."""
+        k = self.cfg.eval_per_category
+        pick = [c * k + i for c in range(len(CATEGORIES)) for i in range(min(8, k))]
+        save_grid(res["images"][pick], self.run / "samples" / f"iter-{it:06d}.png", cols=min(8, k))
+        if it == 0 or not (self.run / "samples" / "prompts.json").exists():
+            atomic_write_text(self.run / "samples" / "prompts.json", json.dumps([res["prompts"][i] for i in pick]))
+
+    # --------------------------------------------------------------------------------------- the loop
+
+    def train(self) -> list[dict]:
+        cfg = self.cfg
+        records = []
+        if self.iteration == 0:
+            rec = {"iteration": 0, "reward_mean": None, "loss": None, "nfe": 0, "wall_s": 0.0, **self.evaluate(0)}
+            rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
+            self.metrics.write(rec)
+            records.append(rec)
+            self.log(f"iteration 0: held-out GenEval-S {rec.get('eval_overall', float('nan')):.3f}")
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="train", dynamic_ncols=True)
+        try:
+            for it in range(self.iteration + 1, cfg.iterations + 1):
+                rec = self.train_iteration(it)
+                if it % cfg.eval_every == 0 or it == cfg.iterations:
+                    rec.update(self.evaluate(it))
+                rec["wall_s"] = round(self.wall + sum(rec.pop("_times").values()), 3)
+                rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
+                self.wall = rec["wall_s"]
+                self.iteration = it
+                self.metrics.write(rec)
+                records.append(rec)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", **({"eval": f"{rec['eval_overall']:.3f}"} if "eval_overall" in rec else {}))
+                if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        return records
+
+    def train_iteration(self, it: int) -> dict:
+        start = time.perf_counter()
+        nfe0 = self.instrumented.nfe
+        traj, prompts_all, rewards_all, local = self.rollout(it)
+        rec = {"iteration": it, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std(unbiased=False))}
+        if not bool(torch.isfinite(rewards_all).all()):
+            self._bad(f"iteration {it}: non-finite reward; update skipped")
+            rec["loss"] = None
+        else:
+            with self.sw("advantages"):
+                adv_all = self.algorithm.advantages(rewards_all.cpu(), prompts_all, self.cfg.group_size)
+            with self.sw("update"):
+                rec.update(self.update(it, traj, adv_all[local].to(self.dist.device)))
+        local_nfe = torch.tensor(float(self.instrumented.nfe - nfe0))
+        self.nfe += int(self.dist.all_reduce_mean(local_nfe).item() * self.dist.world_size)
+        rec["nfe"] = self.nfe
+        rec["lr"] = self.cfg.lr * lr_factor(it, self.cfg)
+        rec["_times"] = {"iteration": time.perf_counter() - start}  # training only: evaluation is not wall time
+        return rec
+
+    # ------------------------------------------------------------------------------- checkpoint/resume
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return lora.lora_state_dict(self.module) if self.cfg.finetune == "lora" else self.module.state_dict()
+
+    def save(self) -> None:
+        if self.dist.is_main:
+            state = {"nfe": self.nfe, "wall_s": self.wall, "bad_updates": self.bad_updates,
+                     "algorithm": self.algorithm.state_dict(), "recipe": self.resolved}
+            save_checkpoint(self.run, self.iteration, self.trainable_state(), self.optimizer.state_dict(), state)
+        self.dist.barrier()
+
+    def _restore(self) -> None:
+        weights, opt_state, state = load_checkpoint(self.run)
+        before, now = _flatten(state["recipe"]), _flatten(json.loads(json.dumps(self.resolved)))  # tuples -> lists
+        diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+        if diff:
+            raise ResumeError(
+                f"cannot resume {self.run}: it was made by another recipe or settings (differs in {', '.join(diff[:5])}); "
+                f"only {', '.join(RESUMABLE_CHANGES)} may change on resume"
+            )
+        if self.cfg.finetune == "lora":
+            lora.load_lora_state_dict(self.module, weights)
+        else:
+            self.module.load_state_dict(weights)
+        self.optimizer.load_state_dict(opt_state)
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.iteration, self.nfe = state["iteration"], state["nfe"]
+        self.wall, self.bad_updates = state["wall_s"], state["bad_updates"]
+        if self.iteration >= self.cfg.iterations:
+            raise ResumeError(
+                f"cannot resume {self.run}: it already ran {self.iteration} of train.iterations={self.cfg.iterations}; "
+                f"raise train.iterations to continue"
+            )
+
