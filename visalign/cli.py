@@ -14,15 +14,19 @@ from .images import atomic_write_bytes, save_grid
 
 
 def cmd_list(args) -> None:
-    from .config import recipe_names
+    from .algorithms import ALGORITHMS
+    from .config import load_recipe_dict, recipe_names
     from .models.registry import MODELS
+    from .rewards import REWARDS
 
-    print("models:")
-    for name in MODELS.names():
-        print(f"  {name:<22} {MODELS.doc(name)}")
+    for title, reg in (("models", MODELS), ("rewards", REWARDS), ("algorithms", ALGORITHMS)):
+        print(f"{title}:")
+        for name in reg.names():
+            print(f"  {name:<22} {reg.doc(name)}")
     print("recipes:")
     for name in recipe_names():
-        print(f"  {name}")
+        d = load_recipe_dict(name)
+        print(f"  {name:<22} [{d.get('kind', 'train')}] {d.get('description', '')}")
 
 
 def cmd_sample(args) -> None:

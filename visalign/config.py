@@ -46,6 +46,7 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class PretrainRecipe:
     name: str
+    description: str = ""
     model: dict = field(default_factory=dict)  # ShapesModelConfig fields
     train: PretrainConfig = field(default_factory=PretrainConfig)
 

@@ -64,3 +64,22 @@ def test_ppo_gradient_on_policy_is_minus_advantage_times_score():
     loss, _ = ppo_clip_loss(lp, lp.detach(), adv, clip_range=1e-4)
     loss.sum().backward()
     assert torch.allclose(lp.grad, -adv)
+
+
+def test_grpo_windows_random_and_sliding():
+    import torch
+
+    from visalign.algorithms import load_algorithm
+    from visalign.policies import FlowSampling
+
+    base = FlowSampling(steps=6, kind="flow")
+    slide = load_algorithm("grpo", {"window": "sliding", "window_size": 2, "window_shift_every": 2})
+    starts = [slide.rollout_sampling(base, it, None).sde_window for it in range(1, 12)]
+    # moves one step every 2 iterations from the noisiest end, wrapping after 5 positions
+    assert starts[:6] == [(0, 2), (0, 2), (1, 3), (1, 3), (2, 4), (2, 4)] and starts[10] == (0, 2)
+    rnd = load_algorithm("grpo", {"window": "random", "window_size": 3})
+    wins = {rnd.rollout_sampling(base, 1, torch.Generator().manual_seed(s)).sde_window for s in range(40)}
+    assert wins == {(0, 3), (1, 4), (2, 5), (3, 6)}
+    assert load_algorithm("grpo", {}).rollout_sampling(base, 3, None) is base
+    with pytest.raises(ValueError, match="window_size=7 is larger than sampling.steps=6"):
+        load_algorithm("grpo", {"window": "random", "window_size": 7}).rollout_sampling(base, 1, torch.Generator())

@@ -37,6 +37,10 @@ class Algorithm:
                 f"(kind '{sampling.kind}'); use kind flow, dance or cps"
             )
 
+    def rollout_sampling(self, sampling, iteration: int, gen: torch.Generator):
+        """The sampler of one iteration's rollouts (default: the recipe's, unchanged)."""
+        return sampling
+
     def advantages(self, rewards: torch.Tensor, prompts: list[str], group_size: int) -> torch.Tensor:
         raise NotImplementedError
 

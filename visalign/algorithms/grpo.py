@@ -4,11 +4,14 @@
 advantage: group-normalised reward (DESIGN 3.5); loss per trained step: PPO-clip on the step's ratio,
 plus beta x KL to the reference in mean space (DESIGN 3.1). The efficiency options of the field are
 settings, not copies: `timestep_fraction` trains a random subset of the stochastic steps (DanceGRPO);
-an SDE window in the sampler (Flow-GRPO-Fast / MixGRPO) and CFG-free rollouts live in the sampling config.
+`window` makes only `window_size` consecutive steps stochastic (ODE elsewhere), placed at random each
+iteration (Flow-GRPO-Fast) or sliding from the noisiest steps towards the clean end (MixGRPO, Li et al.,
+2025, arXiv 2507.21802); CFG-free rollouts and fewer training steps live in the sampling config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -28,8 +31,16 @@ class GRPOConfig:
     global_std: bool = True  # normalise by the batch's std instead of each group's (Flow-GRPO)
     kl_beta: float = 0.0  # weight of the KL to the reference policy
     timestep_fraction: float = 1.0  # share of the stochastic steps trained per update (DanceGRPO)
+    window: str = "none"  # none (the sampler's own sde_window) | random (Flow-GRPO-Fast) | sliding (MixGRPO)
+    window_size: int = 2  # stochastic steps per rollout when window != none
+    window_shift_every: int = 1  # sliding: iterations between one-step moves of the window
 
     def __post_init__(self):
+        if self.window not in ("none", "random", "sliding"):
+            raise ConfigError(f"window '{self.window}' is not one of none, random, sliding")
+        if self.window_size < 1 or self.window_shift_every < 1:
+            raise ConfigError(f"window_size and window_shift_every must be >= 1, got {self.window_size}, "
+                              f"{self.window_shift_every}")
         if not 0 < self.timestep_fraction <= 1:
             raise ConfigError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
         if self.clip_range <= 0 or self.kl_beta < 0:
@@ -41,6 +52,19 @@ class GRPO(Algorithm):
     name = "grpo"
     config_cls = GRPOConfig
     needs_log_prob = True
+
+    def rollout_sampling(self, sampling, iteration, gen):
+        c = self.config
+        if c.window == "none":
+            return sampling
+        if c.window_size > sampling.steps:
+            raise ConfigError(f"window_size={c.window_size} is larger than sampling.steps={sampling.steps}")
+        positions = sampling.steps - c.window_size + 1
+        if c.window == "random":
+            start = int(torch.randint(positions, (1,), generator=gen))
+        else:
+            start = ((iteration - 1) // c.window_shift_every) % positions
+        return dataclasses.replace(sampling, sde_window=(start, start + c.window_size))
 
     def advantages(self, rewards, prompts, group_size):
         return group_advantages(rewards, group_size, global_std=self.config.global_std, clip=self.config.adv_clip)

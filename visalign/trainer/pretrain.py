@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from ..config import PretrainConfig
+from ..images import images_to_tensor
+from ..math import schedules
 from ..models.builtin import ShapesModel, ShapesModelConfig
 from ..world import grammar, render
 from ..world.vocab import CATEGORIES
-from ..images import images_to_tensor
-from ..math import schedules
 
 
 class SceneStream:

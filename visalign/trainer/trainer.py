@@ -65,8 +65,8 @@ class PromptSampler:
 
     def draw(self, iteration: int, n_groups: int, group_size: int) -> tuple[list[str], list[int]]:
         rng = np.random.default_rng([self.seed, iteration])
-        prompts, seeds = [], []
-        for g in range(n_groups):
+        prompts = []
+        for _ in range(n_groups):
             cat = CATEGORIES[rng.integers(len(CATEGORIES))]
             p = self.prompts[cat][rng.integers(len(self.prompts[cat]))]
             prompts += [p] * group_size
@@ -164,8 +164,9 @@ class Trainer:
         cfg = self.cfg
         prompts_all, seeds_all = self.prompts.draw(it, cfg.batch_size // cfg.group_size, cfg.group_size)
         local = self.dist.shard(cfg.batch_size)
+        sampling = self.algorithm.rollout_sampling(self.sampling, it, torch.Generator().manual_seed(_seed(cfg.seed, it)))
         with self.sw("rollout"):
-            traj = self.policy.sample(prompts_all[local], seeds_all[local], self.sampling)
+            traj = self.policy.sample(prompts_all[local], seeds_all[local], sampling)
         with self.sw("reward"):
             scores = self.reward(traj.images, traj.prompts).scores.float().to(self.dist.device)
         rewards_all = self.dist.gather(scores)  # [B_global]
