@@ -194,6 +194,7 @@ class TrainConfig:
     eval_seed: int = 0
     checkpoint_every: int = 5
     seed: int = 0
+    shared_initial_noise: bool = False  # a group starts from one noise; its samples differ only by SDE noise
     max_bad_updates: int = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
 
     def __post_init__(self):

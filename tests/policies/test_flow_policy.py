@@ -96,3 +96,13 @@ def test_ratio_is_one_with_lora(tiny_flow_model, kind):
         assert (lp.log_prob.detach() - traj.log_probs[:, i]).abs().max() < 1e-5
     lp.log_prob.sum().backward()
     assert all(p.grad is not None for p in params if "lora_B" in str(p.shape) or True)
+
+
+def test_shared_initial_noise_within_a_group(tiny_flow_model):
+    policy = FlowPolicy(ShapesFlowAdapter(tiny_flow_model))
+    s = FlowSampling(steps=3, kind="flow")
+    traj = policy.sample(["a red circle"] * 3, [1, 2, 3], s, init_seeds=[9, 9, 8])
+    assert torch.equal(traj.states[0, 0], traj.states[1, 0]) and not torch.equal(traj.states[0, 0], traj.states[2, 0])
+    assert not torch.allclose(traj.states[0, -1], traj.states[1, -1])  # the SDE noise still differs
+    ode = policy.sample(["a red circle"] * 2, [1, 2], FlowSampling(steps=3, kind="ode"), init_seeds=[9, 9])
+    assert torch.equal(ode.states[0], ode.states[1])  # no SDE noise: the same start gives the same chain

@@ -97,11 +97,16 @@ class FlowPolicy:
             return cond, self.adapter.encode([""] * len(prompts))
 
     @torch.no_grad()
-    def sample(self, prompts: list[str], seeds: list[int], sampling: FlowSampling | None = None) -> Trajectory:
+    def sample(self, prompts: list[str], seeds: list[int], sampling: FlowSampling | None = None,
+               init_seeds: list[int] | None = None) -> Trajectory:
+        """Sample chains. Sample b's noise comes from seeds[b]; with `init_seeds`, its starting noise x_1
+        comes from init_seeds[b] instead (a group can share its start and differ only in the SDE noise)."""
         s = sampling or self.sampling
         sigmas = sigma_schedule(s.steps, s.shift)
         mask = self.stochastic_mask(s)
         noise = per_sample_noise(seeds, (s.steps + 1, *self.adapter.latent_shape))  # [B, T+1, C, H, W]
+        if init_seeds is not None:
+            noise[:, 0] = per_sample_noise(init_seeds, tuple(self.adapter.latent_shape))
         cond, uncond = self.conditions(prompts, s.guidance_scale)
         x = noise[:, 0]
         states, log_probs = [x], []

@@ -63,7 +63,8 @@ class PromptSampler:
         self.seed = seed
         self.prompts = {c: grammar.prompts(c, split) for c in CATEGORIES}
 
-    def draw(self, iteration: int, n_groups: int, group_size: int) -> tuple[list[str], list[int]]:
+    def draw(self, iteration: int, n_groups: int, group_size: int) -> tuple[list[str], list[int], list[int]]:
+        """-> prompts, per-sample seeds, per-group seeds (repeated per sample), all of length n x group."""
         rng = np.random.default_rng([self.seed, iteration])
         prompts = []
         for _ in range(n_groups):
@@ -71,7 +72,8 @@ class PromptSampler:
             p = self.prompts[cat][rng.integers(len(self.prompts[cat]))]
             prompts += [p] * group_size
         seeds = [int(s) for s in rng.integers(0, 2**62, size=n_groups * group_size)]
-        return prompts, seeds
+        group_seeds = [int(s) for s in rng.integers(0, 2**62, size=n_groups) for _ in range(group_size)]
+        return prompts, seeds, group_seeds
 
 
 def _seed(*parts: int) -> int:
@@ -162,11 +164,12 @@ class Trainer:
 
     def rollout(self, it: int):
         cfg = self.cfg
-        prompts_all, seeds_all = self.prompts.draw(it, cfg.batch_size // cfg.group_size, cfg.group_size)
+        prompts_all, seeds_all, group_seeds = self.prompts.draw(it, cfg.batch_size // cfg.group_size, cfg.group_size)
         local = self.dist.shard(cfg.batch_size)
         sampling = self.algorithm.rollout_sampling(self.sampling, it, torch.Generator().manual_seed(_seed(cfg.seed, it)))
+        init = group_seeds[local] if cfg.shared_initial_noise else None
         with self.sw("rollout"):
-            traj = self.policy.sample(prompts_all[local], seeds_all[local], sampling)
+            traj = self.policy.sample(prompts_all[local], seeds_all[local], sampling, init_seeds=init)
         with self.sw("reward"):
             scores = self.reward(traj.images, traj.prompts).scores.float().to(self.dist.device)
         rewards_all = self.dist.gather(scores)  # [B_global]
