@@ -94,6 +94,32 @@ def cmd_train(args) -> None:
     dist.shutdown()
 
 
+def cmd_diagnose(args) -> None:
+    import tempfile
+
+    from .config import load_train_recipe
+    from .distributed import Distributed
+    from .images import atomic_write_bytes
+    from .trainer.trainer import Trainer
+
+    recipe, resolved = load_train_recipe(args.recipe, args.overrides)
+    dist = Distributed()
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = Trainer(recipe, resolved, tmp, dist=dist, progress=False).measure_signal(args.batches)
+    res["wall_s"] = round(time.time() - start, 2)
+    if dist.is_main:
+        print(f"{args.recipe}: {args.batches} independent batches of {recipe.train.batch_size} rollouts, lr={recipe.train.lr:g}")
+        for key, value in res.items():
+            print(f"  {key:<26} {value:.4g}" if isinstance(value, float) else f"  {key:<26} {value}")
+        share = res["signal_share"]
+        print(f"one update is {100 * max(share, 0):.0f}% signal; ~{res['batch_for_half_signal']:.0f} rollouts per update "
+              f"would make it 50%")
+        if args.out:
+            atomic_write_bytes(Path(args.out), json.dumps(res, indent=2).encode())
+    dist.shutdown()
+
+
 def cmd_report(args) -> None:
     from .report import write_report
 
@@ -127,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="run folder")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     r.set_defaults(fn=cmd_train)
+
+    d = sub.add_parser("diagnose", help="measure the gradient signal share of a training recipe before a long run")
+    d.add_argument("recipe")
+    d.add_argument("overrides", nargs="*", help="key=value, as for train")
+    d.add_argument("--batches", type=int, default=4, help="independent rollout batches to compare (>= 2)")
+    d.add_argument("--out", default=None, help="also write the numbers to this JSON file")
+    d.set_defaults(fn=cmd_diagnose)
 
     rp = sub.add_parser("report", help="write RUN/report.html")
     rp.add_argument("run")

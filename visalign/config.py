@@ -195,6 +195,8 @@ class TrainConfig:
     checkpoint_every: int = 5
     seed: int = 0
     shared_initial_noise: bool = False  # a group starts from one noise; its samples differ only by SDE noise
+    diagnose_every: int = 10  # iterations between gradient-signal diagnostics (0: never); see trainer/diagnostics.py
+    min_signal_share: float = 0.1  # warn when the measured signal share of an update is below this
     max_bad_updates: int = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
 
     def __post_init__(self):
@@ -214,6 +216,9 @@ class TrainConfig:
             raise ConfigError(f"train.finetune '{self.finetune}' is not one of lora, full")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"train.lr_schedule '{self.lr_schedule}' is not one of constant, cosine")
+        if self.diagnose_every < 0 or not 0 <= self.min_signal_share <= 1:
+            raise ConfigError(f"train.diagnose_every must be >= 0 and train.min_signal_share in [0, 1], got "
+                              f"{self.diagnose_every}, {self.min_signal_share}")
         for k in ("eval_every", "checkpoint_every", "epochs", "eval_per_category", "lora_rank"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")

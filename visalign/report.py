@@ -97,6 +97,19 @@ def write_report(run: str | Path) -> Path:
         parts.append(svg_lines({"reward mean": [(r["iteration"], r["reward_mean"]) for r in train]}, "iteration", "reward"))
         losses = [(r["iteration"], r.get("loss")) for r in train]
         parts.append(svg_lines({"loss": losses}, "iteration", "loss"))
+        diag = [r for r in train if "diag_signal_share" in r]
+        if diag:
+            parts.append("<h2>Gradient signal</h2><p>Signal share of each update: the cosine between the gradients "
+                         "of two disjoint halves of the rollouts, combined for the whole batch (0 = pure noise, 1 = "
+                         "pure signal), overall and per window of denoising steps; and the share of groups whose "
+                         "rewards were all equal (no GRPO signal).</p>")
+            series = {"signal share": [(r["iteration"], r["diag_signal_share"]) for r in diag]}
+            for w in ("early", "mid", "late"):
+                if f"diag_cos_{w}" in diag[0]:
+                    series[f"half-batch cos {w}"] = [(r["iteration"], r.get(f"diag_cos_{w}")) for r in diag]
+            parts.append(svg_lines(series, "iteration", "signal"))
+            parts.append(svg_lines({"all-equal groups": [(r["iteration"], r["diag_equal_groups"]) for r in diag],
+                                    "advantage ESS": [(r["iteration"], r["diag_ess"]) for r in diag]}, "iteration", "share"))
         totals: dict[str, float] = {}
         for r in train:
             for k, v in r.items():

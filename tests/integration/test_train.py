@@ -91,7 +91,8 @@ def test_nan_reward_skips_update_and_stops_after_limit(tiny_dir, tmp_path):
 
 
 def test_two_processes_equal_one(tiny_dir, tmp_path):
-    over = _overrides(tiny_dir, "train.iterations=2", "train.finetune=full", "reward=geneval_s", "reward_options.dense=true")
+    over = _overrides(tiny_dir, "train.iterations=2", "train.finetune=full", "reward=geneval_s", "reward_options.dense=true",
+                      "train.diagnose_every=2")
     env = {**os.environ, "VISALIGN_THREADS": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "visalign.cli", "train", "geneval-s-grpo", *over, "--out",
                           str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
@@ -109,6 +110,10 @@ def test_two_processes_equal_one(tiny_dir, tmp_path):
     ra, rb = _strip(read_metrics(tmp_path / "one")), _strip(read_metrics(tmp_path / "two"))
     assert [r["reward_mean"] for r in ra] == [r["reward_mean"] for r in rb]  # the same global batch, groups intact
     assert [r["nfe"] for r in ra] == [r["nfe"] for r in rb]
+    # the diagnostics split groups across ranks (here one group per rank) and still agree
+    keys = [k for k in ra[2] if k.startswith("diag_")]
+    assert "diag_signal_share" in keys and "diag_cos_early" in keys
+    assert all(abs(ra[2][k] - rb[2][k]) < 1e-5 for k in keys), [(k, ra[2][k], rb[2][k]) for k in keys]
 
 
 @pytest.mark.parametrize(
@@ -154,3 +159,42 @@ def test_report_has_curves_table_and_grids(tiny_dir, tmp_path):
     rows = read_metrics(run)
     assert {"iteration", "reward_mean", "loss", "nfe", "wall_s"} <= rows[1].keys()
     assert "eval_overall" in rows[2] and json.loads((run / "recipe.json").read_text())["algorithm"] == "grpo"
+
+
+def test_window_gradients_sum_to_the_update_gradient(tiny_dir, tmp_path):
+    recipe, resolved = load_train_recipe("geneval-s-grpo", _overrides(tiny_dir, "sampling.steps=4"))
+    t = Trainer(recipe, resolved, tmp_path / "r", progress=False)
+    traj, prompts, rewards, local = t.rollout(1)
+    adv = t.algorithm.advantages(rewards, prompts, t.cfg.group_size)
+    windows = [[0, 1], [2], [3]]
+    parts = t.window_grads(traj, adv, windows, 1.0)
+    (whole,) = t.window_grads(traj, adv, [[0, 1, 2, 3]], 1.0)
+    assert whole.norm() > 0
+    torch.testing.assert_close(sum(parts), whole, rtol=1e-5, atol=1e-9)
+    assert all(p.grad is None for p in t.params)  # the diagnostic leaves no gradient behind
+
+
+def test_diagnostics_in_metrics_and_constant_reward_has_no_signal(tiny_dir, tmp_path, capsys):
+    if "test_constant" not in REWARDS:
+        REWARDS.register("test_constant")(lambda: (lambda images, prompts, metadata=None: RewardOutput(torch.ones(len(prompts)))))
+    over = _overrides(tiny_dir, "train.iterations=2", "train.diagnose_every=1")
+    assert main(["train", "geneval-s-grpo", *over, "--out", str(tmp_path / "r")]) == 0
+    rows = read_metrics(tmp_path / "r")
+    assert all(-1 <= r["diag_grad_cos"] <= 1 and r["diag_equal_groups"] == 0 for r in rows[1:])
+    assert "Gradient signal" in (tmp_path / "r" / "report.html").read_text()
+    over = _overrides(tiny_dir, "train.iterations=1", "train.diagnose_every=1", "reward=test_constant")
+    assert main(["train", "geneval-s-grpo", *over, "--out", str(tmp_path / "c")]) == 0
+    (row,) = read_metrics(tmp_path / "c")[1:]
+    assert row["diag_equal_groups"] == 1.0 and row["diag_ess"] == 0.0 and row["diag_signal_share"] == 0.0
+    assert "no measurable signal" in capsys.readouterr().out
+
+
+def test_diagnose_command(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "d.json"
+    assert main(["diagnose", "geneval-s-grpo", *_overrides(tiny_dir), "--batches", "3", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert -1 <= res["signal_share"] <= 1 and res["batches"] == 3 and res["nfe"] > 0
+    assert {"signal_share_early", "signal_share_late", "diag_equal_groups"} <= set(res)
+    assert "% signal" in capsys.readouterr().out
+    assert main(["diagnose", "geneval-s-grpo", *_overrides(tiny_dir), "--batches", "1"]) == 2
+    assert "--batches must be >= 2" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from ..policies import FlowSampling, make_policy
 from ..rewards import load_reward
 from ..world import grammar
 from ..world.vocab import CATEGORIES
+from . import diagnostics
 from .checkpoint import ResumeError, atomic_write_text, load_checkpoint, save_checkpoint
 from .logging import MetricsLog, Stopwatch
 
@@ -212,6 +213,75 @@ class Trainer:
         out["loss"] = float(self.dist.all_reduce_mean(torch.tensor(np.mean(losses) if losses else float("nan"))))
         return out
 
+    def window_grads(self, traj, advantages, windows: list[list[int]], weight: float) -> list[torch.Tensor]:
+        """The flat gradient of the algorithm's loss on `traj`, one per window of steps (they sum to the
+        update's gradient over those steps), times `weight`, summed over ranks."""
+        algo, n_steps, out = self.algorithm, sum(len(w) for w in windows), []
+        ref = self.reference if algo.uses_reference else None
+        for window in windows:
+            self.optimizer.zero_grad(set_to_none=True)
+            for step in window if len(traj) else []:
+                loss, _ = algo.step_loss(self.policy, traj, advantages, step, ref)
+                with self.sw("model"):
+                    (loss * weight / n_steps).backward()
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in self.params])
+            out.append(self.dist.all_reduce_mean(flat) * self.dist.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def diagnose(self, it: int, traj, rewards_all, adv_all, local) -> dict:
+        """Signal share of this update: the cosine between the gradients of the even and the odd groups
+        (disjoint rollouts, same parameters), per window of steps; plus reward statistics (diagnostics.py)."""
+        g = self.cfg.group_size
+        rec = diagnostics.reward_stats(rewards_all, g)
+        rec["diag_ess"] = diagnostics.advantage_ess(adv_all)
+        n_groups = len(rewards_all) // g
+        steps = [int(i) for i in torch.nonzero(traj.stochastic).flatten()]
+        if n_groups < 2 or not steps:
+            return rec
+        windows = diagnostics.split_windows(steps)
+        adv = adv_all[local].to(self.dist.device)
+        group = torch.arange(local.start, local.stop) // g  # [B_local] global group index
+        halves = []
+        for h in (0, 1):
+            idx = torch.nonzero(group % 2 == h).flatten()
+            n_half = g * len(range(h, n_groups, 2))
+            halves.append(self.window_grads(traj.select(idx), adv[idx], windows, len(idx) / n_half))
+        for i, (a, b) in enumerate(zip(*halves)):
+            rec[f"diag_cos_{diagnostics.window_name(i, len(windows))}"] = diagnostics.cosine(a, b)
+        cos = diagnostics.cosine(sum(halves[0]), sum(halves[1]))
+        rec["diag_grad_cos"], rec["diag_signal_share"] = cos, diagnostics.combined_share(cos)
+        warning = diagnostics.low_signal_warning(rec["diag_signal_share"], self.cfg.lr, self.cfg.min_signal_share)
+        if warning:
+            self.log(f"iteration {it}: {warning}")
+        return rec
+
+    def measure_signal(self, batches: int) -> dict:
+        """`visalign diagnose`: `batches` independent rollout batches at the current parameters, no update.
+        The mean pairwise cosine of their gradients is the signal share of one update (overall and per
+        window of steps); the within-batch split and the reward statistics are averaged over batches."""
+        if batches < 2:
+            raise ValueError(f"--batches must be >= 2 to compare independent gradients, got {batches}")
+        grads, windows_seen, per_batch = [], [], []
+        for b in range(1, batches + 1):
+            traj, prompts_all, rewards_all, local = self.rollout(b)
+            adv_all = self.algorithm.advantages(rewards_all.cpu(), prompts_all, self.cfg.group_size)
+            per_batch.append({"reward_mean": float(rewards_all.mean()), **self.diagnose(b, traj, rewards_all.cpu(), adv_all, local)})
+            windows = diagnostics.split_windows([int(i) for i in torch.nonzero(traj.stochastic).flatten()])
+            adv = adv_all[local].to(self.dist.device)
+            grads.append(self.window_grads(traj, adv, windows, len(traj) / self.cfg.batch_size))
+            windows_seen.append(windows)
+        pairs = [(i, j) for i in range(batches) for j in range(i + 1, batches)]
+        out = {k: float(np.mean([r[k] for r in per_batch if k in r])) for k in per_batch[0]}
+        out["signal_share"] = float(np.mean([diagnostics.cosine(sum(grads[i]), sum(grads[j])) for i, j in pairs]))
+        if all(w == windows_seen[0] for w in windows_seen):  # per-window shares need the same steps in each batch
+            for w in range(len(windows_seen[0])):
+                name = diagnostics.window_name(w, len(windows_seen[0]))
+                out[f"signal_share_{name}"] = float(np.mean([diagnostics.cosine(grads[i][w], grads[j][w]) for i, j in pairs]))
+        out["batch_for_half_signal"] = diagnostics.batch_multiplier(out["signal_share"]) * self.cfg.batch_size
+        out["batches"], out["batch_size"], out["nfe"] = batches, self.cfg.batch_size, self.instrumented.nfe
+        return out
+
     def _bad(self, message: str) -> None:
         self.bad_updates += 1
         self.log(f"warning: {message} ({self.bad_updates} in a row, stop at {self.cfg.max_bad_updates})")
@@ -291,6 +361,9 @@ class Trainer:
         else:
             with self.sw("advantages"):
                 adv_all = self.algorithm.advantages(rewards_all.cpu(), prompts_all, self.cfg.group_size)
+            if self.cfg.diagnose_every and it % self.cfg.diagnose_every == 0:
+                with self.sw("diagnose"):
+                    rec.update(self.diagnose(it, traj, rewards_all.cpu(), adv_all, local))
             with self.sw("update"):
                 rec.update(self.update(it, traj, adv_all[local].to(self.dist.device)))
         local_nfe = torch.tensor(float(self.instrumented.nfe - nfe0))

@@ -1,0 +1,82 @@
+"""Gradient-signal diagnostics: how much of an update is signal, and where the rollouts carry it.
+
+A policy-gradient estimate from B rollouts is g = s + n, the true gradient s plus noise n whose variance
+falls as 1/B. Two estimates from disjoint rollouts share s and have independent noise, so their cosine
+c = |s|^2 / (|s|^2 + |n|^2) (in expectation, for large dimension) is the *signal share* of one of them.
+An estimate from the union of the two (twice the rollouts) has share 2c / (1 + c). Adam takes steps of
+about `lr` per coordinate whatever that share is, so at a share of 0.05 almost all of each step is a
+random walk; that is the measurement behind "nothing learns at laptop scale" (issue 9).
+
+Also: the share of groups whose rewards are all equal (they carry no GRPO signal at all), the reward
+variance within groups (what group advantages can use) and between them (prompt difficulty, which
+they remove), and the effective sample size of the advantage weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+WINDOW_NAMES = ("early", "mid", "late")
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two flat vectors; 0 when either is zero (no direction, no shared signal)."""
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(a @ b / (na * nb))
+
+
+def combined_share(cos: float, k: int = 2) -> float:
+    """Signal share of the mean of k estimates, each with share `cos` (noise variance falls as 1/k)."""
+    c = max(cos, 0.0)
+    return k * c / (1 + (k - 1) * c) if c > 0 else 0.0
+
+
+def batch_multiplier(share: float, target: float = 0.5) -> float:
+    """How many times more rollouts per update would lift `share` to `target` (snr grows linearly)."""
+    if share <= 0:
+        return math.inf
+    snr, want = share / (1 - share) if share < 1 else math.inf, target / (1 - target)
+    return max(1.0, want / snr)
+
+
+def reward_stats(rewards: torch.Tensor, group_size: int) -> dict:
+    """rewards [B] in consecutive groups -> share of all-equal groups, within/between-group variance."""
+    r = rewards.float().view(-1, group_size)  # [G, n]
+    spread = r.max(1).values - r.min(1).values  # [G]
+    return {
+        "diag_equal_groups": float((spread <= 1e-8).float().mean()),
+        "diag_var_within": float(r.var(1, unbiased=False).mean()),
+        "diag_var_between": float(r.mean(1).var(unbiased=False)) if r.shape[0] > 1 else 0.0,
+    }
+
+
+def advantage_ess(advantages: torch.Tensor) -> float:
+    """Effective share of samples carrying weight, (sum |A|)^2 / (B sum A^2) in [0, 1]; 0 if all A == 0."""
+    a = advantages.float().abs()  # [B]
+    sq = float((a * a).sum())
+    return float(a.sum()) ** 2 / (a.numel() * sq) if sq > 0 else 0.0
+
+
+def split_windows(steps: list[int], n: int = 3) -> list[list[int]]:
+    """Trained steps (noisy -> clean) -> up to n contiguous, near-equal windows (early, mid, late)."""
+    n = min(n, len(steps))
+    bounds = [round(i * len(steps) / n) for i in range(n + 1)]
+    return [steps[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def window_name(i: int, n: int) -> str:
+    return WINDOW_NAMES[i] if n == 3 else f"w{i}"
+
+
+def low_signal_warning(share: float, lr: float, threshold: float) -> str | None:
+    """One line when the update is mostly noise, with what would fix it; None otherwise."""
+    if share >= threshold:
+        return None
+    k = batch_multiplier(share)
+    more = "no measurable signal" if math.isinf(k) else f"about {k:.0f}x the rollouts per update would reach 0.5"
+    return (f"warning: gradient signal share {share:.2f} < {threshold} at lr={lr:g}: each step is mostly a random "
+            f"walk ({more}); raise train.batch_size, use shared_initial_noise, or lower train.lr")
