@@ -18,10 +18,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/visalign eval --model builtin:shapes-flow --per-category 50 --seed 0 --out runs/demo/eval.json
-	$(BIN)/visalign sample --model builtin:shapes-flow --prompt "a red circle and a blue square" \
-		--prompt "three stars" --prompt "a triangle left of a circle" --n 8 --out runs/demo/grid.png
-	@echo "report: runs/demo/eval.json"
+	rm -rf runs/demo
+	$(BIN)/visalign train geneval-s-nft --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

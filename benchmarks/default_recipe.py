@@ -1,4 +1,4 @@
-"""Runs a training recipe (default: geneval-s-grpo, what `make demo` runs) and prints:
+"""Runs a training recipe (default: geneval-s-nft, what `make demo` runs) and prints:
   - held-out GenEval-S overall vs training wall time and vs model evaluations (NFE), per evaluation;
   - where the wall time went, and wall time / time inside the network's forward + backward.
 
@@ -22,7 +22,7 @@ from visalign.trainer.trainer import Trainer
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="geneval-s-grpo")
+    ap.add_argument("--recipe", default="geneval-s-nft")
     ap.add_argument("--out", default=None, help="run folder (default: runs/bench-<time>)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)

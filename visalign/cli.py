@@ -61,7 +61,7 @@ def cmd_eval(args) -> None:
 
 def cmd_pretrain(args) -> None:
     from .config import PretrainRecipe, apply_overrides, build, load_recipe_dict
-    from .models.builtin import ShapesModelConfig
+    from .models.builtin import ShapesModel, ShapesModelConfig
     from .trainer.pretrain import pretrain
 
     data = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
@@ -69,9 +69,17 @@ def cmd_pretrain(args) -> None:
         raise ValueError(f"recipe '{args.recipe}' is not a pretraining recipe (kind: {data.get('kind')})")
     data.pop("kind")
     recipe = build(PretrainRecipe, data)
-    model_cfg = ShapesModelConfig.from_dict(recipe.model)
+    init = None
+    if recipe.init:
+        from .models.registry import load_model
+
+        init = getattr(load_model(recipe.init), "module", None)
+        if not isinstance(init, ShapesModel):
+            raise ValueError(f"init model '{recipe.init}' is not a built-in shapes model; accepted: builtin:shapes-flow "
+                             f"or builtin:shapes-flow?path=DIR")
+    model_cfg = init.config if init is not None else ShapesModelConfig.from_dict(recipe.model)
     start = time.time()
-    pretrain(model_cfg, recipe.train, args.out)
+    pretrain(model_cfg, recipe.train, args.out, init=init)
     print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
 
 
@@ -111,10 +119,14 @@ def cmd_diagnose(args) -> None:
     if dist.is_main:
         print(f"{args.recipe}: {args.batches} independent batches of {recipe.train.batch_size} rollouts, lr={recipe.train.lr:g}")
         for key, value in res.items():
-            print(f"  {key:<26} {value:.4g}" if isinstance(value, float) else f"  {key:<26} {value}")
+            if key != "warning":
+                print(f"  {key:<26} {value:.4g}" if isinstance(value, float) else f"  {key:<26} {value}")
         share = res["signal_share"]
         print(f"one update is {100 * max(share, 0):.0f}% signal; ~{res['batch_for_half_signal']:.0f} rollouts per update "
-              f"would make it 50%")
+              f"would make it 50%; the run's {res['optimizer_steps']} optimizer steps add up to "
+              f"{100 * res['run_signal_share']:.0f}% signal")
+        if res["warning"]:
+            print(res["warning"])
         if args.out:
             atomic_write_bytes(Path(args.out), json.dumps(res, indent=2).encode())
     dist.shutdown()

@@ -26,6 +26,7 @@ class PretrainConfig:
     batch_size: int = 64  # images per step, each a fresh render of a random train-split prompt
     lr: float = 1e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 0)
     warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # cosine (to 0 at the end) | constant (after warmup)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm
     cfg_dropout: float = 0.1  # fraction of prompts replaced by the empty prompt (classifier-free guidance)
@@ -33,12 +34,15 @@ class PretrainConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500  # also writes the model at the end
+    max_minutes: float = 0.0  # stop (and write the model) after this much wall time; 0 = run all steps
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
         if not 0 <= self.cfg_dropout < 1:
             raise ConfigError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"lr_schedule '{self.lr_schedule}' is not one of cosine, constant")
         if self.timestep_sampling not in ("logit_normal", "uniform"):
             raise ConfigError(f"timestep_sampling '{self.timestep_sampling}' is not one of logit_normal, uniform")
 
@@ -47,7 +51,8 @@ class PretrainConfig:
 class PretrainRecipe:
     name: str
     description: str = ""
-    model: dict = field(default_factory=dict)  # ShapesModelConfig fields
+    init: str = ""  # start from this registered model (e.g. builtin:shapes-flow: supervised fine-tuning); "" = random
+    model: dict = field(default_factory=dict)  # ShapesModelConfig fields (ignored with init: the model's own)
     train: PretrainConfig = field(default_factory=PretrainConfig)
 
 
@@ -194,9 +199,10 @@ class TrainConfig:
     eval_seed: int = 0
     checkpoint_every: int = 5
     seed: int = 0
+    curriculum: str = "uniform"  # uniform | variance: draw categories where groups disagree (trainer.PromptSampler)
     shared_initial_noise: bool = False  # a group starts from one noise; its samples differ only by SDE noise
     diagnose_every: int = 10  # iterations between gradient-signal diagnostics (0: never); see trainer/diagnostics.py
-    min_signal_share: float = 0.1  # warn when the measured signal share of an update is below this
+    min_signal_share: float = 0.5  # warn when the run's accumulated update is estimated to be less signal than this
     max_bad_updates: int = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
 
     def __post_init__(self):
@@ -214,6 +220,8 @@ class TrainConfig:
             )
         if self.finetune not in ("lora", "full"):
             raise ConfigError(f"train.finetune '{self.finetune}' is not one of lora, full")
+        if self.curriculum not in ("uniform", "variance"):
+            raise ConfigError(f"train.curriculum '{self.curriculum}' is not one of uniform, variance")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"train.lr_schedule '{self.lr_schedule}' is not one of constant, cosine")
         if self.diagnose_every < 0 or not 0 <= self.min_signal_share <= 1:

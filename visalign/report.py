@@ -99,11 +99,16 @@ def write_report(run: str | Path) -> Path:
         parts.append(svg_lines({"loss": losses}, "iteration", "loss"))
         diag = [r for r in train if "diag_signal_share" in r]
         if diag:
-            parts.append("<h2>Gradient signal</h2><p>Signal share of each update: the cosine between the gradients "
-                         "of two disjoint halves of the rollouts, combined for the whole batch (0 = pure noise, 1 = "
-                         "pure signal), overall and per window of denoising steps; and the share of groups whose "
-                         "rewards were all equal (no GRPO signal).</p>")
+            parts.append("<h2>Gradient signal</h2><p>Signal share of each update: the cosine between the reward-driven "
+                         "gradients of two disjoint halves of the rollouts, combined for the whole batch (0 = pure "
+                         "noise, 1 = pure signal), overall and per window of denoising steps; its running mean; and "
+                         "what the run's optimizer steps add up to (signal adds linearly, noise as a random walk). "
+                         "Below: the share of groups whose rewards were all equal (no group-advantage signal) and "
+                         "the advantages' effective sample size.</p>")
             series = {"signal share": [(r["iteration"], r["diag_signal_share"]) for r in diag]}
+            if "diag_run_signal_share" in diag[0]:
+                series["mean share"] = [(r["iteration"], r["diag_signal_share_mean"]) for r in diag]
+                series["run share"] = [(r["iteration"], r["diag_run_signal_share"]) for r in diag]
             for w in ("early", "mid", "late"):
                 if f"diag_cos_{w}" in diag[0]:
                     series[f"half-batch cos {w}"] = [(r["iteration"], r.get(f"diag_cos_{w}")) for r in diag]

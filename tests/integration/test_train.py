@@ -67,6 +67,25 @@ def test_resume_equals_uninterrupted_bitwise(tiny_dir, tmp_path, finetune):
     assert all(r["loss"] is not None for r in ma[1:]) and ma[-1]["nfe"] > ma[1]["nfe"] > 0
 
 
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_nft_resume_equals_uninterrupted_bitwise(tiny_dir, tmp_path, finetune):
+    """NFT's EMA old model and the variance curriculum's statistics are part of the resumed state."""
+    over = _overrides(tiny_dir, f"train.finetune={finetune}", "train.curriculum=variance", "train.diagnose_every=3")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", "geneval-s-nft", *over, "train.iterations=4", "--out", str(straight)]) == 0
+    assert main(["train", "geneval-s-nft", *over, "train.iterations=2", "--out", str(split)]) == 0
+    assert main(["train", "geneval-s-nft", *over, "train.iterations=4", "--out", str(split), "--resume"]) == 0
+    a = load_file(str(straight / "checkpoints" / "iter-000004" / "weights.safetensors"))
+    b = load_file(str(split / "checkpoints" / "iter-000004" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ea = load_file(str(straight / "checkpoints" / "iter-000004" / "extra.safetensors"))
+    eb = load_file(str(split / "checkpoints" / "iter-000004" / "extra.safetensors"))
+    assert ea.keys() == eb.keys() and all(torch.equal(ea[k], eb[k]) for k in ea)
+    ma, mb = _strip(read_metrics(straight)), _strip(read_metrics(split))
+    assert ma == mb and all(r["loss"] is not None for r in ma[1:])
+    assert "diag_signal_share" in ma[3] and 0 < ma[1]["nft_r_mean"] < 1
+
+
 def test_every_trainable_parameter_changes_and_kl_is_logged(tiny_dir, tmp_path):
     recipe, resolved = load_train_recipe("geneval-s-grpo", _overrides(
         tiny_dir, "train.iterations=2", "train.finetune=full", "algorithm_options.kl_beta=0.1", "train.lr=1e-2",
@@ -90,16 +109,17 @@ def test_nan_reward_skips_update_and_stops_after_limit(tiny_dir, tmp_path):
     assert t.iteration == 2  # iteration 1 trained, 2 skipped (logged), 3 skipped -> stop
 
 
-def test_two_processes_equal_one(tiny_dir, tmp_path):
+@pytest.mark.parametrize("recipe", ["geneval-s-grpo", "geneval-s-nft"])
+def test_two_processes_equal_one(tiny_dir, tmp_path, recipe):
     over = _overrides(tiny_dir, "train.iterations=2", "train.finetune=full", "reward=geneval_s", "reward_options.dense=true",
-                      "train.diagnose_every=2")
+                      "train.diagnose_every=2", "train.curriculum=variance")
     env = {**os.environ, "VISALIGN_THREADS": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "visalign.cli", "train", "geneval-s-grpo", *over, "--out",
+    one = subprocess.run([sys.executable, "-m", "visalign.cli", "train", recipe, *over, "--out",
                           str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    two = subprocess.run([*launcher, "-m", "visalign.cli", "train", "geneval-s-grpo", *over, "--out",
+    two = subprocess.run([*launcher, "-m", "visalign.cli", "train", recipe, *over, "--out",
                           str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     a = load_file(str(tmp_path / "one" / "checkpoints" / "iter-000002" / "weights.safetensors"))
@@ -112,7 +132,7 @@ def test_two_processes_equal_one(tiny_dir, tmp_path):
     assert [r["nfe"] for r in ra] == [r["nfe"] for r in rb]
     # the diagnostics split groups across ranks (here one group per rank) and still agree
     keys = [k for k in ra[2] if k.startswith("diag_")]
-    assert "diag_signal_share" in keys and "diag_cos_early" in keys
+    assert "diag_signal_share" in keys and ("diag_cos_early" in keys or recipe == "geneval-s-nft")
     assert all(abs(ra[2][k] - rb[2][k]) < 1e-5 for k in keys), [(k, ra[2][k], rb[2][k]) for k in keys]
 
 
@@ -172,6 +192,25 @@ def test_window_gradients_sum_to_the_update_gradient(tiny_dir, tmp_path):
     assert whole.norm() > 0
     torch.testing.assert_close(sum(parts), whole, rtol=1e-5, atol=1e-9)
     assert all(p.grad is None for p in t.params)  # the diagnostic leaves no gradient behind
+
+
+@pytest.mark.parametrize("recipe,extra", [("geneval-s-nft", []), ("geneval-s-grpo", ["algorithm_options.kl_beta=1"])])
+def test_signal_loss_leaves_out_reward_independent_terms(tiny_dir, tmp_path, recipe, extra):
+    """NFT's pull towards the old model and GRPO's KL to the reference are shared by any two batches without
+    being reward signal: with all advantages 0 the diagnostic's gradient is 0, the update's is not."""
+    r, resolved = load_train_recipe(recipe, _overrides(tiny_dir, "train.finetune=full", *extra))
+    t = Trainer(r, resolved, tmp_path / "r", progress=False)
+    traj, _, _, _ = t.rollout(1)
+    with torch.no_grad():  # move the policy away from its old copy / the reference
+        for p in t.params:
+            p.add_(0.01 * torch.randn_like(p))
+    zero = torch.zeros(len(traj))
+    step = t.algorithm.train_steps(traj, torch.Generator().manual_seed(0))[0]
+    (g,) = t.window_grads(traj, zero, [[step]], 1.0)
+    assert g.abs().max() == 0
+    loss, _ = t.algorithm.step_loss(t.policy, traj, zero, step, t.reference, old=t.old.swapped if t.old else None)
+    loss.backward()
+    assert max(p.grad.abs().max().item() for p in t.params if p.grad is not None) > 0
 
 
 def test_diagnostics_in_metrics_and_constant_reward_has_no_signal(tiny_dir, tmp_path, capsys):

@@ -43,8 +43,30 @@ def test_split_windows():
     assert d.split_windows([4, 5]) == [[4], [5]]
 
 
-def test_low_signal_warning():
-    assert d.low_signal_warning(0.5, 1e-4, 0.1) is None
-    w = d.low_signal_warning(0.05, 3e-4, 0.1)
-    assert "0.05" in w and "about 19x" in w and "lr=0.0003" in w and "\n" not in w
-    assert "no measurable signal" in d.low_signal_warning(0.0, 3e-4, 0.1)
+def test_run_share_and_low_signal_warning():
+    # share 0.2 per update: snr 0.25; over 4 steps snr 1 -> 0.5; over 12 steps snr 3 -> 0.75
+    assert d.run_share(0.2, 4) == pytest.approx(0.5)
+    assert d.run_share(0.2, 12) == pytest.approx(0.75)
+    assert d.run_share(0.0, 100) == 0.0 and d.run_share(1.0, 1) == 1.0
+    assert d.low_signal_warning(0.2, 12, 1e-4, 0.5) is None
+    w = d.low_signal_warning(0.05, 10, 3e-4, 0.5)  # snr 10/19 over the run; 0.5 needs per-update snr 0.1 (1.9x)
+    assert "0.050 per update, 0.34 over the run's 10 optimizer steps" in w and "about 2x" in w
+    assert "lr=0.0003" in w and "\n" not in w
+    assert "no measurable signal" in d.low_signal_warning(0.0, 100, 3e-4, 0.5)
+
+
+def test_signal_share_matches_closed_form_on_a_synthetic_problem():
+    """g = mu + noise, averaged over n samples: two independent estimates have E[cos] close to
+    |mu|^2 / (|mu|^2 + sigma^2 / n), sigma^2 the total per-sample noise variance (issue 9)."""
+    gen = torch.Generator().manual_seed(0)
+    dim, trials = 4000, 40
+    mu = torch.randn(dim, generator=gen) * 0.05  # |mu|^2 ~ 10
+    for n, per_coord_std in [(8, 0.2), (32, 0.2), (16, 0.05)]:
+        sigma2 = per_coord_std**2 * dim
+        expected = float(mu @ mu) / (float(mu @ mu) + sigma2 / n)
+        cos = []
+        for _ in range(trials):
+            a = mu + (torch.randn(n, dim, generator=gen) * per_coord_std).mean(0)
+            b = mu + (torch.randn(n, dim, generator=gen) * per_coord_std).mean(0)
+            cos.append(d.cosine(a, b))
+        assert sum(cos) / trials == pytest.approx(expected, abs=0.03), (n, per_coord_std)

@@ -47,9 +47,28 @@ class Algorithm:
     def train_steps(self, traj: Trajectory, gen: torch.Generator) -> list[int]:
         return [int(i) for i in torch.nonzero(traj.stochastic).flatten()]
 
+    def diagnostic_windows(self, traj: Trajectory) -> list[list[int]]:
+        """Steps whose gradients the signal diagnostic compares, grouped into windows (early, mid, late)."""
+        from ..trainer.diagnostics import split_windows
+
+        return split_windows([int(i) for i in torch.nonzero(traj.stochastic).flatten()])
+
     def step_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, step: int,
-                  reference: ReferenceFn | None) -> tuple[torch.Tensor, dict]:
+                  reference: ReferenceFn | None, old=None) -> tuple[torch.Tensor, dict]:
+        """Loss of one trained step (a mean over samples) and its metrics. `old` is a context manager
+        under which the policy computes with the old weights (only when `old_ema` is not None)."""
         raise NotImplementedError
+
+    def signal_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, step: int, old=None) -> torch.Tensor:
+        """The reward-driven part of step_loss, what the signal diagnostic compares across disjoint rollouts:
+        terms that do not depend on the rewards (a KL to the reference, NFT's pull towards the old model)
+        would look like shared signal without being any."""
+        raise NotImplementedError
+
+    @property
+    def old_ema(self) -> float | None:
+        """EMA decay of an 'old' copy of the trained weights the trainer should keep (None: no copy)."""
+        return None
 
     @property
     def uses_reference(self) -> bool:

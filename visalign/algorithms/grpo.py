@@ -81,7 +81,11 @@ class GRPO(Algorithm):
     def uses_reference(self) -> bool:
         return self.config.kl_beta > 0
 
-    def step_loss(self, policy, traj, advantages, step, reference):
+    def signal_loss(self, policy, traj, advantages, step, old=None):
+        lp = policy.log_prob(traj, step)
+        return ppo_clip_loss(lp.log_prob, traj.log_probs[:, step], advantages, self.config.clip_range)[0].mean()
+
+    def step_loss(self, policy, traj, advantages, step, reference, old=None):
         lp = policy.log_prob(traj, step)
         loss, ratio = ppo_clip_loss(lp.log_prob, traj.log_probs[:, step], advantages, self.config.clip_range)  # [B]
         metrics = {

@@ -13,3 +13,37 @@ def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     return torch.maximum(unclipped, clipped), ratio
+
+
+def nft_optimality(advantages: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """DiffusionNFT's optimality probability r in [0, 1] from advantages [B]: 0.5 + 0.5 clip(A / scale, -1, 1).
+    A sample no better or worse than its group (A = 0) gets r = 0.5: it pulls the policy towards the old one."""
+    return 0.5 + 0.5 * (advantages / scale).clamp(-1.0, 1.0)  # [B]
+
+
+def nft_errors(velocity: torch.Tensor, old_velocity: torch.Tensor, target: torch.Tensor,
+               beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffusionNFT's implicit positive policy v+ = beta v + (1 - beta) v_old and negative policy
+    v- = (1 + beta) v_old - beta v, each regressed onto the sample's flow target.
+    velocity, old_velocity, target [B, ...] -> (positive error [B], negative error [B]), means over non-batch dims."""
+    dims = tuple(range(1, velocity.dim()))
+    v_pos = beta * velocity + (1 - beta) * old_velocity  # [B, ...]
+    v_neg = (1 + beta) * old_velocity - beta * velocity  # [B, ...]
+    return ((v_pos - target) ** 2).mean(dims), ((v_neg - target) ** 2).mean(dims)
+
+
+def nft_loss(velocity: torch.Tensor, old_velocity: torch.Tensor, target: torch.Tensor, r: torch.Tensor,
+             beta: float = 1.0) -> torch.Tensor:
+    """DiffusionNFT (Zheng et al., 2025, arXiv 2509.16117), per sample: r * positive error + (1 - r) * negative
+    error. Its minimiser moves v towards the velocity of the good samples and away from the bad ones, with no
+    likelihood and on any sampler. velocity, old_velocity, target [B, ...]; r [B] -> loss [B]."""
+    pos, neg = nft_errors(velocity, old_velocity, target, beta)  # [B], [B]
+    return r * pos + (1 - r) * neg
+
+
+def nft_reward_term(velocity: torch.Tensor, old_velocity: torch.Tensor, target: torch.Tensor, r: torch.Tensor,
+                    beta: float = 1.0) -> torch.Tensor:
+    """The part of nft_loss that depends on the reward: r pos + (1 - r) neg = 0.5 (pos + neg) + (r - 0.5)(pos - neg).
+    The first term pulls v towards v_old whatever the rewards (a trust region). -> [B]"""
+    pos, neg = nft_errors(velocity, old_velocity, target, beta)  # [B], [B]
+    return (r - 0.5) * (pos - neg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..math.sde import FLOW_KINDS, StepOutput, flow_sde_step, sigma_schedule
@@ -119,6 +120,23 @@ class FlowPolicy:
             prompts=list(prompts), seeds=list(seeds), states=torch.stack(states, 1), log_probs=torch.stack(log_probs, 1),
             sigmas=sigmas, stochastic=mask, images=self.adapter.decode(x), extras={"sampling": s},
         )
+
+    def noised_sample(self, traj: Trajectory, draw: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward-noise each final sample for a flow-matching loss (likelihood-free algorithms):
+        x_t = (1 - t) x0 + t eps, target = eps - x0, with t ~ U(0, 1) and eps drawn from the sample's own
+        seed and `draw`, so the draw does not depend on the batch or the process.
+        -> x_t [B, C, H, W], t [B], target [B, C, H, W]."""
+        x0 = traj.states[:, -1]  # [B, C, H, W]
+        gens = [torch.Generator().manual_seed(int(np.random.default_rng([int(s), int(draw)]).integers(2**62)))
+                for s in traj.seeds]
+        t = torch.stack([torch.rand((), generator=g) for g in gens]).clamp(1e-3, 1 - 1e-3)  # [B]
+        eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens]).to(x0)  # [B, C, H, W]
+        tt = t.to(x0)[:, None, None, None]
+        return (1 - tt) * x0 + tt * eps, t.to(x0), eps - x0
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The conditional velocity (no guidance), fp32: what likelihood-free algorithms train."""
+        return self.adapter.velocity(x, sigma, self.adapter.encode(prompts)).float()
 
     def log_prob(self, traj: Trajectory, step: int, sampling: FlowSampling | None = None) -> StepLogProb:
         """Recompute step `step` of traj under the current parameters (gradients flow)."""

@@ -46,7 +46,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run: Path, iteration: int, weights: dict[str, torch.Tensor], optimizer_state: dict,
-                    state: dict, keep: int = 1) -> Path:
+                    state: dict, keep: int = 1, extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """`extra`: other tensors of the run's state (e.g. an EMA old model), kept apart from the weights."""
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     final = ckdir / f"iter-{iteration:06d}"
@@ -54,6 +55,8 @@ def save_checkpoint(run: Path, iteration: int, weights: dict[str, torch.Tensor],
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
+        if extra:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(tmp / "extra.safetensors"))
         rng = rng_state()
         save_file({"torch": rng["torch"]}, str(tmp / "rng.safetensors"))
         np_state = rng["numpy"]
@@ -74,7 +77,7 @@ def save_checkpoint(run: Path, iteration: int, weights: dict[str, torch.Tensor],
 
 
 def load_checkpoint(run: Path) -> tuple[dict, dict, dict]:
-    """-> (weights, optimizer_state, state); restores the RNG states."""
+    """-> (weights, optimizer_state, state); restores the RNG states. state["extra"] holds the extra tensors."""
     latest = run / "checkpoints" / "latest"
     if not run.is_dir():
         raise ResumeError(f"cannot resume: run folder {run} does not exist; start without --resume")
@@ -86,6 +89,7 @@ def load_checkpoint(run: Path) -> tuple[dict, dict, dict]:
         optimizer_state = torch.load(ck / "optimizer.pt", weights_only=True)
         state = json.loads((ck / "state.json").read_text())
         torch_rng = load_file(str(ck / "rng.safetensors"))["torch"]
+        state["extra"] = load_file(str(ck / "extra.safetensors")) if (ck / "extra.safetensors").exists() else {}
     except Exception as e:  # noqa: BLE001 - any unreadable file means the same thing to the user
         raise ResumeError(f"cannot resume {run}: checkpoint {ck.name} is unreadable ({type(e).__name__}: {e})") from None
     npst = state["rng"]["numpy"]

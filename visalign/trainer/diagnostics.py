@@ -72,11 +72,26 @@ def window_name(i: int, n: int) -> str:
     return WINDOW_NAMES[i] if n == 3 else f"w{i}"
 
 
-def low_signal_warning(share: float, lr: float, threshold: float) -> str | None:
-    """One line when the update is mostly noise, with what would fix it; None otherwise."""
-    if share >= threshold:
+def run_share(update_share: float, steps: int) -> float:
+    """Signal share of the sum of `steps` updates of share `update_share` each: the signal adds up linearly
+    over steps, independent noise only as a random walk (square root), so the snr grows with the steps."""
+    if update_share <= 0:
+        return 0.0
+    if update_share >= 1:
+        return 1.0
+    snr = steps * update_share / (1 - update_share)
+    return snr / (1 + snr)
+
+
+def low_signal_warning(update_share: float, steps: int, lr: float, threshold: float) -> str | None:
+    """One line when the run's accumulated update (over `steps` optimizer steps) is mostly noise, with what
+    would fix it; None otherwise. `threshold` applies to run_share."""
+    run = run_share(update_share, steps)
+    if run >= threshold:
         return None
-    k = batch_multiplier(share)
-    more = "no measurable signal" if math.isinf(k) else f"about {k:.0f}x the rollouts per update would reach 0.5"
-    return (f"warning: gradient signal share {share:.2f} < {threshold} at lr={lr:g}: each step is mostly a random "
-            f"walk ({more}); raise train.batch_size, use shared_initial_noise, or lower train.lr")
+    want = threshold / (1 - threshold) / steps  # per-update snr that reaches the threshold over the run
+    k = batch_multiplier(update_share, want / (1 + want))
+    more = "no measurable signal" if math.isinf(k) else f"about {k:.0f}x the rollouts per update would reach {threshold}"
+    return (f"warning: gradient signal share {update_share:.3f} per update, {run:.2f} over the run's {steps} optimizer "
+            f"steps at lr={lr:g} (< {threshold}): the run is mostly a random walk ({more}); raise train.batch_size, "
+            f"or take more optimizer steps at a lower train.lr (signal adds up over steps, noise as their square root)")

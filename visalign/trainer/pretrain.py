@@ -66,16 +66,21 @@ def denoising_loss(model: ShapesModel, x0: torch.Tensor, prompts: list[str], t: 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path, log=print) -> ShapesModel:
+def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path, log=print,
+             init: ShapesModel | None = None) -> ShapesModel:
+    """Train a new model from `model_cfg`, or go on training `init` (supervised fine-tuning) when given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = ShapesModel(model_cfg).train()
+    model = (init if init is not None else ShapesModel(model_cfg)).train()
+    model_cfg = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     stream = SceneStream(cfg.seed, model_cfg.resolution)
     n_params = sum(p.numel() for p in model.parameters())
@@ -103,7 +108,11 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
                    "wall_s": round(el, 1), "img_per_s": round(seen / el, 1)}
             history.append(rec)
             log(json.dumps(rec), flush=True) if log is print else log(json.dumps(rec))
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        out_of_time = cfg.max_minutes > 0 and time.time() - start >= 60 * cfg.max_minutes
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
             model.save_pretrained(out)
+        if out_of_time:
+            log(f"stopped at step {step + 1} after train.max_minutes={cfg.max_minutes}")
+            break
     (out / "pretrain_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return model.eval()

@@ -31,6 +31,7 @@ from ..world import grammar
 from ..world.vocab import CATEGORIES
 from . import diagnostics
 from .checkpoint import ResumeError, atomic_write_text, load_checkpoint, save_checkpoint
+from .ema import EMAWeights
 from .logging import MetricsLog, Stopwatch
 
 # Recipe keys that may change when a run is resumed (they do not change what was computed so far).
@@ -57,24 +58,64 @@ class InstrumentedAdapter:
 
 
 class PromptSampler:
-    """Train-split prompts: a category uniformly, then one of its prompts uniformly; each drawn prompt is
-    repeated group_size times in a row (one group)."""
+    """Train-split prompts: a category, then one of its prompts uniformly; each drawn prompt is repeated
+    group_size times in a row (one group).
 
-    def __init__(self, seed: int, split: str = "train"):
-        self.seed = seed
+    curriculum "uniform": categories uniformly. "variance": categories in proportion to their running
+    within-group reward variance (plus a floor), so rollouts go where a group's samples disagree, the only
+    place group advantages carry signal; a category the model always (or never) gets right is drawn less.
+    The statistics come from the gathered rewards, so every process draws the same prompts."""
+
+    MOMENTUM = 0.7  # weight of the old statistic in the running variance
+    FLOOR = 0.1  # every category keeps at least this fraction of the mean weight
+
+    def __init__(self, seed: int, curriculum: str = "uniform", split: str = "train"):
+        self.seed, self.curriculum = seed, curriculum
         self.prompts = {c: grammar.prompts(c, split) for c in CATEGORIES}
+        self.category_of = {p: c for c, ps in self.prompts.items() for p in ps}
+        self.spread: dict[str, float | None] = {c: None for c in CATEGORIES}
+
+    def weights(self) -> np.ndarray:
+        """[n_categories] probabilities of the next draw."""
+        if self.curriculum == "uniform":
+            return np.full(len(CATEGORIES), 1 / len(CATEGORIES))
+        seen = [v for v in self.spread.values() if v is not None]
+        top = max(seen) if seen else 1.0
+        w = np.array([top if self.spread[c] is None else self.spread[c] for c in CATEGORIES])  # unseen: as the best
+        w = w + self.FLOOR * (w.mean() if w.sum() > 0 else 1.0)
+        return w / w.sum()
 
     def draw(self, iteration: int, n_groups: int, group_size: int) -> tuple[list[str], list[int], list[int]]:
         """-> prompts, per-sample seeds, per-group seeds (repeated per sample), all of length n x group."""
         rng = np.random.default_rng([self.seed, iteration])
+        w = self.weights()
         prompts = []
         for _ in range(n_groups):
-            cat = CATEGORIES[rng.integers(len(CATEGORIES))]
+            ci = rng.integers(len(CATEGORIES)) if self.curriculum == "uniform" else rng.choice(len(CATEGORIES), p=w)
+            cat = CATEGORIES[ci]
             p = self.prompts[cat][rng.integers(len(self.prompts[cat]))]
             prompts += [p] * group_size
         seeds = [int(s) for s in rng.integers(0, 2**62, size=n_groups * group_size)]
         group_seeds = [int(s) for s in rng.integers(0, 2**62, size=n_groups) for _ in range(group_size)]
         return prompts, seeds, group_seeds
+
+    def observe(self, prompts: list[str], rewards: torch.Tensor, group_size: int) -> None:
+        """Update the per-category running within-group variance from one batch's gathered rewards [B]."""
+        var = rewards.float().view(-1, group_size).var(1, unbiased=False)  # [G]
+        per: dict[str, list[float]] = {}
+        for g, v in enumerate(var.tolist()):
+            per.setdefault(self.category_of.get(prompts[g * group_size], ""), []).append(v)
+        for c, vs in per.items():
+            if c in self.spread:
+                old = self.spread[c]
+                new = float(np.mean(vs))
+                self.spread[c] = new if old is None else self.MOMENTUM * old + (1 - self.MOMENTUM) * new
+
+    def state_dict(self) -> dict:
+        return {"spread": dict(self.spread)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.spread.update(state.get("spread", {}))
 
 
 def _seed(*parts: int) -> int:
@@ -141,8 +182,11 @@ class Trainer:
                 ref_adapter.module.requires_grad_(False)
                 self.ref_policy = make_policy(ref_adapter, self.sampling)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-        self.prompts = PromptSampler(cfg.seed)
+        decay = self.algorithm.old_ema
+        self.old = EMAWeights(self.params, decay) if decay is not None else None  # the algorithm's old model
+        self.prompts = PromptSampler(cfg.seed, cfg.curriculum)
         self.iteration, self.nfe, self.wall, self.bad_updates = 0, 0, 0.0, 0
+        self.diag_cos: list[float] = []  # half-split gradient cosines measured so far
 
         if resume:
             self._restore()
@@ -174,6 +218,7 @@ class Trainer:
         with self.sw("reward"):
             scores = self.reward(traj.images, traj.prompts).scores.float().to(self.dist.device)
         rewards_all = self.dist.gather(scores)  # [B_global]
+        self.prompts.observe(prompts_all, rewards_all.cpu(), cfg.group_size)
         return traj, prompts_all, rewards_all, local
 
     def update(self, it: int, traj, advantages: torch.Tensor) -> dict:
@@ -190,7 +235,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for step in steps:
-                    loss, m = algo.step_loss(self.policy, sub, adv, step, self.reference if algo.uses_reference else None)
+                    loss, m = algo.step_loss(self.policy, sub, adv, step, self.reference if algo.uses_reference else None,
+                                             old=self.old.swapped if self.old else None)
                     with self.sw("model"):
                         (loss / len(steps)).backward()
                     total += loss.item() / len(steps)
@@ -206,6 +252,8 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_factor(it, cfg)
                 self.optimizer.step()
+                if self.old is not None:
+                    self.old.update()
                 self.bad_updates = 0
                 losses.append(total)
                 stats.setdefault("grad_norm", []).append(float(gnorm))
@@ -214,14 +262,13 @@ class Trainer:
         return out
 
     def window_grads(self, traj, advantages, windows: list[list[int]], weight: float) -> list[torch.Tensor]:
-        """The flat gradient of the algorithm's loss on `traj`, one per window of steps (they sum to the
-        update's gradient over those steps), times `weight`, summed over ranks."""
+        """The flat gradient of the algorithm's reward-driven loss (Algorithm.signal_loss) on `traj`, one per
+        window of steps (they sum to the gradient over all those steps), times `weight`, summed over ranks."""
         algo, n_steps, out = self.algorithm, sum(len(w) for w in windows), []
-        ref = self.reference if algo.uses_reference else None
         for window in windows:
             self.optimizer.zero_grad(set_to_none=True)
             for step in window if len(traj) else []:
-                loss, _ = algo.step_loss(self.policy, traj, advantages, step, ref)
+                loss = algo.signal_loss(self.policy, traj, advantages, step, old=self.old.swapped if self.old else None)
                 with self.sw("model"):
                     (loss * weight / n_steps).backward()
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in self.params])
@@ -229,17 +276,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return out
 
-    def diagnose(self, it: int, traj, rewards_all, adv_all, local) -> dict:
+    def diagnose(self, it: int, traj, rewards_all, adv_all, local, warn: bool = True) -> dict:
         """Signal share of this update: the cosine between the gradients of the even and the odd groups
         (disjoint rollouts, same parameters), per window of steps; plus reward statistics (diagnostics.py)."""
         g = self.cfg.group_size
         rec = diagnostics.reward_stats(rewards_all, g)
         rec["diag_ess"] = diagnostics.advantage_ess(adv_all)
         n_groups = len(rewards_all) // g
-        steps = [int(i) for i in torch.nonzero(traj.stochastic).flatten()]
-        if n_groups < 2 or not steps:
+        windows = self.algorithm.diagnostic_windows(traj)
+        if n_groups < 2 or not windows:
             return rec
-        windows = diagnostics.split_windows(steps)
         adv = adv_all[local].to(self.dist.device)
         group = torch.arange(local.start, local.stop) // g  # [B_local] global group index
         halves = []
@@ -251,10 +297,24 @@ class Trainer:
             rec[f"diag_cos_{diagnostics.window_name(i, len(windows))}"] = diagnostics.cosine(a, b)
         cos = diagnostics.cosine(sum(halves[0]), sum(halves[1]))
         rec["diag_grad_cos"], rec["diag_signal_share"] = cos, diagnostics.combined_share(cos)
-        warning = diagnostics.low_signal_warning(rec["diag_signal_share"], self.cfg.lr, self.cfg.min_signal_share)
+        # one split is a noisy estimate of a small number: judge the run by the mean over its diagnostics
+        self.diag_cos.append(cos)
+        share = diagnostics.combined_share(float(np.mean(self.diag_cos)))
+        rec["diag_signal_share_mean"] = share
+        rec["diag_run_signal_share"] = diagnostics.run_share(share, self.optimizer_steps)
+        if warn:
+            self.warn_low_signal(it, share)
+        return rec
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps the whole run takes."""
+        return self.cfg.iterations * self.cfg.epochs * self.cfg.minibatches
+
+    def warn_low_signal(self, it: int, update_share: float) -> None:
+        warning = diagnostics.low_signal_warning(update_share, self.optimizer_steps, self.cfg.lr, self.cfg.min_signal_share)
         if warning:
             self.log(f"iteration {it}: {warning}")
-        return rec
 
     def measure_signal(self, batches: int) -> dict:
         """`visalign diagnose`: `batches` independent rollout batches at the current parameters, no update.
@@ -266,8 +326,8 @@ class Trainer:
         for b in range(1, batches + 1):
             traj, prompts_all, rewards_all, local = self.rollout(b)
             adv_all = self.algorithm.advantages(rewards_all.cpu(), prompts_all, self.cfg.group_size)
-            per_batch.append({"reward_mean": float(rewards_all.mean()), **self.diagnose(b, traj, rewards_all.cpu(), adv_all, local)})
-            windows = diagnostics.split_windows([int(i) for i in torch.nonzero(traj.stochastic).flatten()])
+            per_batch.append({"reward_mean": float(rewards_all.mean()), **self.diagnose(b, traj, rewards_all.cpu(), adv_all, local, warn=False)})
+            windows = self.algorithm.diagnostic_windows(traj)
             adv = adv_all[local].to(self.dist.device)
             grads.append(self.window_grads(traj, adv, windows, len(traj) / self.cfg.batch_size))
             windows_seen.append(windows)
@@ -279,7 +339,11 @@ class Trainer:
                 name = diagnostics.window_name(w, len(windows_seen[0]))
                 out[f"signal_share_{name}"] = float(np.mean([diagnostics.cosine(grads[i][w], grads[j][w]) for i, j in pairs]))
         out["batch_for_half_signal"] = diagnostics.batch_multiplier(out["signal_share"]) * self.cfg.batch_size
+        out["optimizer_steps"] = self.optimizer_steps
+        out["run_signal_share"] = diagnostics.run_share(out["signal_share"], self.optimizer_steps)
         out["batches"], out["batch_size"], out["nfe"] = batches, self.cfg.batch_size, self.instrumented.nfe
+        out["warning"] = diagnostics.low_signal_warning(max(out["signal_share"], 0.0), self.optimizer_steps,
+                                                        self.cfg.lr, self.cfg.min_signal_share)
         return out
 
     def _bad(self, message: str) -> None:
@@ -380,9 +444,11 @@ class Trainer:
 
     def save(self) -> None:
         if self.dist.is_main:
-            state = {"nfe": self.nfe, "wall_s": self.wall, "bad_updates": self.bad_updates,
+            state = {"nfe": self.nfe, "wall_s": self.wall, "bad_updates": self.bad_updates, "diag_cos": self.diag_cos,
                      "algorithm": self.algorithm.state_dict(), "recipe": self.resolved}
-            save_checkpoint(self.run, self.iteration, self.trainable_state(), self.optimizer.state_dict(), state)
+            state["prompt_sampler"] = self.prompts.state_dict()
+            save_checkpoint(self.run, self.iteration, self.trainable_state(), self.optimizer.state_dict(), state,
+                            extra=self.old.state_dict() if self.old else None)
         self.dist.barrier()
 
     def _restore(self) -> None:
@@ -400,8 +466,12 @@ class Trainer:
             self.module.load_state_dict(weights)
         self.optimizer.load_state_dict(opt_state)
         self.algorithm.load_state_dict(state["algorithm"])
+        self.prompts.load_state_dict(state.get("prompt_sampler", {}))
+        if self.old is not None:
+            self.old.load_state_dict(state["extra"])
         self.iteration, self.nfe = state["iteration"], state["nfe"]
         self.wall, self.bad_updates = state["wall_s"], state["bad_updates"]
+        self.diag_cos = list(state.get("diag_cos", []))
         if self.iteration >= self.cfg.iterations:
             raise ResumeError(
                 f"cannot resume {self.run}: it already ran {self.iteration} of train.iterations={self.cfg.iterations}; "

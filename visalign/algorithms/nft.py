@@ -1,0 +1,85 @@
+"""DiffusionNFT (Zheng et al., 2025, arXiv 2509.16117): online RL on the forward (noising) process.
+
+No log-probs: each rollout's final sample is noised afresh (x_t = (1 - t) x0 + t eps) and the policy's
+velocity regresses onto eps - x0 through an implicit positive policy (weight r) and an implicit negative
+one (weight 1 - r), both mixtures of the current and the *old* velocity (DESIGN 3.6, math/losses.py).
+r = 0.5 + 0.5 clip(A / adv_scale, -1, 1) from group advantages, so a sample that is only as good as its
+group pulls the policy towards the old model, which makes the loss its own trust region.
+
+Why it is the default on the laptop benchmark (issue 9): the loss is a regression with a deterministic
+target per (sample, t, eps), so its gradient carries far more signal per rollout than a score-function
+estimate over 10 stochastic steps, it trains every noise level from one sample, rollouts may use the
+deterministic sampler the model is evaluated with, and the contrast between good and bad samples of the
+same prompt cancels what pure self-training on good samples drifts on (both come from the same sampler).
+The old model is an EMA of the trained weights (`old_ema` per optimizer step), kept by the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError
+from ..math.advantages import group_advantages
+from ..math.losses import nft_loss, nft_optimality, nft_reward_term
+from .base import ALGORITHMS, Algorithm
+
+
+@dataclass(frozen=True)
+class NFTConfig:
+    beta: float = 1.0  # mixing of current and old velocity in the implicit policies (the paper's beta)
+    old_ema: float = 0.9  # old <- old_ema * old + (1 - old_ema) * current after each optimizer step
+    adv_scale: float = 1.0  # advantages of +-adv_scale map to r = 1 / 0
+    global_std: bool = True  # normalise advantages by the batch's std (see grpo)
+    adv_clip: float = 5.0
+    draws: int = 1  # (t, eps) draws per sample in each pass over the batch
+
+    def __post_init__(self):
+        if not 0 < self.beta <= 1:
+            raise ConfigError(f"beta must be in (0, 1], got {self.beta}")
+        if not 0 <= self.old_ema < 1:
+            raise ConfigError(f"old_ema must be in [0, 1), got {self.old_ema}")
+        if self.adv_scale <= 0 or self.draws < 1:
+            raise ConfigError(f"adv_scale must be > 0 and draws >= 1, got {self.adv_scale}, {self.draws}")
+
+
+@ALGORITHMS.register("nft", "DiffusionNFT: forward-process RL, contrastive flow matching on rollouts, EMA old model")
+class NFT(Algorithm):
+    name = "nft"
+    config_cls = NFTConfig
+    needs_log_prob = False
+
+    @property
+    def old_ema(self) -> float:
+        return self.config.old_ema
+
+    def advantages(self, rewards, prompts, group_size):
+        return group_advantages(rewards, group_size, global_std=self.config.global_std, clip=self.config.adv_clip)
+
+    def train_steps(self, traj, gen):
+        """Draw ids (each picks a fresh t and eps per sample); the same on every process."""
+        return [int(torch.randint(2**31 - 1, (1,), generator=gen)) for _ in range(self.config.draws)]
+
+    def diagnostic_windows(self, traj):
+        return [[0, 1]]  # two fixed draws; t is random per sample, so there are no timestep windows
+
+    def _velocities(self, policy, traj, step, old):
+        if old is None:
+            raise ConfigError("nft needs the old model; the trainer provides it when algorithm.old_ema is set")
+        x_t, t, target = policy.noised_sample(traj, step)  # [B, C, H, W], [B], [B, C, H, W]
+        with torch.no_grad(), old():  # first: swapping the weights in place must precede the graph of v
+            v_old = policy.velocity(x_t, t, traj.prompts)
+        return policy.velocity(x_t, t, traj.prompts), v_old, target
+
+    def step_loss(self, policy, traj, advantages, step, reference, old=None):
+        v, v_old, target = self._velocities(policy, traj, step, old)
+        r = nft_optimality(advantages, self.config.adv_scale)  # [B]
+        loss = nft_loss(v, v_old, target, r, self.config.beta)  # [B]
+        return loss.mean(), {"nft_r_mean": float(r.mean()), "nft_v_drift": float(((v.detach() - v_old) ** 2).mean())}
+
+    def signal_loss(self, policy, traj, advantages, step, old=None):
+        """Without the reward-independent pull towards the old model (math/losses.py: nft_reward_term)."""
+        v, v_old, target = self._velocities(policy, traj, step, old)
+        r = nft_optimality(advantages, self.config.adv_scale)  # [B]
+        return nft_reward_term(v, v_old, target, r, self.config.beta).mean()
