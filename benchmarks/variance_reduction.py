@@ -33,11 +33,14 @@ ROWS = [
      ["train.shared_initial_noise=true", "sampling.sde_window=[0,3]"]),
     ("Flow-GRPO, full fine-tune, lr 1e-5, 128/update, KL 0.01", "geneval-s-grpo",
      ["train.finetune=full", "train.lr=1e-5", "train.batch_size=128", "algorithm_options.kl_beta=0.01"]),
-    ("DiffusionNFT, LoRA r8 (lr 1e-3)", "geneval-s-nft",
-     ["train.finetune=lora", "train.lr=1e-3"]),
-    ("DiffusionNFT, full fine-tune, uniform prompts (default)", "geneval-s-nft", []),
-    ("DiffusionNFT, full fine-tune, variance curriculum", "geneval-s-nft", ["train.curriculum=variance"]),
-    ("DiffusionNFT default + dense partial-credit reward", "geneval-s-nft", ["reward_options.dense=true"]),
+    ("DiffusionNFT, CFG-3 rollouts, LoRA r8 (lr 1e-3)", "geneval-s-nft",
+     ["sampling.guidance_scale=3.0", "train.finetune=lora", "train.lr=1e-3"]),
+    ("DiffusionNFT, CFG-3 rollouts, full fine-tune", "geneval-s-nft", ["sampling.guidance_scale=3.0"]),
+    ("DiffusionNFT, CFG-3 rollouts, variance curriculum", "geneval-s-nft",
+     ["sampling.guidance_scale=3.0", "train.curriculum=variance"]),
+    ("DiffusionNFT, CFG-3 rollouts, dense partial-credit reward", "geneval-s-nft",
+     ["sampling.guidance_scale=3.0", "reward_options.dense=true"]),
+    ("DiffusionNFT, CFG-free rollouts, full fine-tune (default)", "geneval-s-nft", []),
 ]
 
 

@@ -53,6 +53,13 @@ def test_run_share_and_low_signal_warning():
     assert "0.050 per update, 0.34 over the run's 10 optimizer steps" in w and "about 2x" in w
     assert "lr=0.0003" in w and "\n" not in w
     assert "no measurable signal" in d.low_signal_warning(0.0, 100, 3e-4, 0.5)
+    assert "at most 0.050 per update, at most 0.34" in d.low_signal_warning(0.05, 10, 3e-4, 0.5, bound=True)
+
+
+def test_upper_cosine_waits_for_evidence():
+    assert d.upper_cosine([0.0, 0.0]) is None
+    # mean 0.02, sample std 0.02 -> + 2 * 0.02 / sqrt(3)
+    assert d.upper_cosine([0.0, 0.02, 0.04]) == pytest.approx(0.02 + 2 * 0.02 / math.sqrt(3))
 
 
 def test_signal_share_matches_closed_form_on_a_synthetic_problem():

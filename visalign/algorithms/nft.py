@@ -34,12 +34,15 @@ class NFTConfig:
     global_std: bool = True  # normalise advantages by the batch's std (see grpo)
     adv_clip: float = 5.0
     draws: int = 1  # (t, eps) draws per sample in each pass over the batch
+    kl_beta: float = 0.0  # weight of mean((v - v_ref)^2), a KL to the reference in velocity space (DESIGN 3.6)
 
     def __post_init__(self):
         if not 0 < self.beta <= 1:
             raise ConfigError(f"beta must be in (0, 1], got {self.beta}")
         if not 0 <= self.old_ema < 1:
             raise ConfigError(f"old_ema must be in [0, 1), got {self.old_ema}")
+        if self.kl_beta < 0:
+            raise ConfigError(f"kl_beta must be >= 0, got {self.kl_beta}")
         if self.adv_scale <= 0 or self.draws < 1:
             raise ConfigError(f"adv_scale must be > 0 and draws >= 1, got {self.adv_scale}, {self.draws}")
 
@@ -64,22 +67,33 @@ class NFT(Algorithm):
     def diagnostic_windows(self, traj):
         return [[0, 1]]  # two fixed draws; t is random per sample, so there are no timestep windows
 
-    def _velocities(self, policy, traj, step, old):
+    @property
+    def uses_reference(self) -> bool:
+        return self.config.kl_beta > 0
+
+    def _velocities(self, policy, traj, step, old, reference=None):
+        """-> (v, v_old, target, v_ref or None) at fresh x_t of the draw `step`."""
         if old is None:
             raise ConfigError("nft needs the old model; the trainer provides it when algorithm.old_ema is set")
         x_t, t, target = policy.noised_sample(traj, step)  # [B, C, H, W], [B], [B, C, H, W]
         with torch.no_grad(), old():  # first: swapping the weights in place must precede the graph of v
             v_old = policy.velocity(x_t, t, traj.prompts)
-        return policy.velocity(x_t, t, traj.prompts), v_old, target
+        v_ref = reference.velocity(x_t, t, traj.prompts) if reference is not None else None
+        return policy.velocity(x_t, t, traj.prompts), v_old, target, v_ref
 
     def step_loss(self, policy, traj, advantages, step, reference, old=None):
-        v, v_old, target = self._velocities(policy, traj, step, old)
+        v, v_old, target, v_ref = self._velocities(policy, traj, step, old, reference if self.uses_reference else None)
         r = nft_optimality(advantages, self.config.adv_scale)  # [B]
         loss = nft_loss(v, v_old, target, r, self.config.beta)  # [B]
-        return loss.mean(), {"nft_r_mean": float(r.mean()), "nft_v_drift": float(((v.detach() - v_old) ** 2).mean())}
+        metrics = {"nft_r_mean": float(r.mean()), "nft_v_drift": float(((v.detach() - v_old) ** 2).mean())}
+        if v_ref is not None:
+            kl = ((v - v_ref) ** 2).mean(dim=tuple(range(1, v.dim())))  # [B]
+            loss = loss + self.config.kl_beta * kl
+            metrics["kl"] = float(kl.detach().mean())
+        return loss.mean(), metrics
 
     def signal_loss(self, policy, traj, advantages, step, old=None):
         """Without the reward-independent pull towards the old model (math/losses.py: nft_reward_term)."""
-        v, v_old, target = self._velocities(policy, traj, step, old)
+        v, v_old, target, _ = self._velocities(policy, traj, step, old)
         r = nft_optimality(advantages, self.config.adv_scale)  # [B]
         return nft_reward_term(v, v_old, target, r, self.config.beta).mean()

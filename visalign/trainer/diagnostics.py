@@ -83,15 +83,28 @@ def run_share(update_share: float, steps: int) -> float:
     return snr / (1 + snr)
 
 
-def low_signal_warning(update_share: float, steps: int, lr: float, threshold: float) -> str | None:
+def upper_cosine(cosines: list[float], z: float = 2.0, min_count: int = 3) -> float | None:
+    """An upper confidence bound (mean + z standard errors) of the mean of several noisy cosine estimates;
+    None with fewer than `min_count` of them. At a few % signal one half-batch split is mostly noise, so
+    the in-run warning waits for evidence that the share is low, not for one unlucky split."""
+    if len(cosines) < min_count:
+        return None
+    c = torch.tensor(cosines, dtype=torch.float64)
+    return float(c.mean() + z * c.std(unbiased=True) / math.sqrt(len(cosines)))
+
+
+def low_signal_warning(update_share: float, steps: int, lr: float, threshold: float,
+                       bound: bool = False) -> str | None:
     """One line when the run's accumulated update (over `steps` optimizer steps) is mostly noise, with what
-    would fix it; None otherwise. `threshold` applies to run_share."""
+    would fix it; None otherwise. `threshold` applies to run_share; `bound`: update_share is an upper bound."""
     run = run_share(update_share, steps)
     if run >= threshold:
         return None
     want = threshold / (1 - threshold) / steps  # per-update snr that reaches the threshold over the run
     k = batch_multiplier(update_share, want / (1 + want))
     more = "no measurable signal" if math.isinf(k) else f"about {k:.0f}x the rollouts per update would reach {threshold}"
-    return (f"warning: gradient signal share {update_share:.3f} per update, {run:.2f} over the run's {steps} optimizer "
+    at_most = "at most " if bound else ""
+    return (f"warning: gradient signal share {at_most}{update_share:.3f} per update, {at_most}{run:.2f} over the run's "
+            f"{steps} optimizer "
             f"steps at lr={lr:g} (< {threshold}): the run is mostly a random walk ({more}); raise train.batch_size, "
             f"or take more optimizer steps at a lower train.lr (signal adds up over steps, noise as their square root)")

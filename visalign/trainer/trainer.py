@@ -57,6 +57,29 @@ class InstrumentedAdapter:
         return getattr(self._adapter, name)
 
 
+class Reference:
+    """The frozen reference policy for KL terms: the base with LoRA off, or a frozen copy (full fine-tune).
+    Called as reference(traj, step) -> StepLogProb of a sampled step; .velocity(x, t, prompts) for
+    likelihood-free algorithms. Never carries gradients."""
+
+    def __init__(self, policy, module, ref_policy=None):
+        self.policy, self.module, self.ref_policy = policy, module, ref_policy
+
+    @torch.no_grad()
+    def __call__(self, traj, step):
+        if self.ref_policy is not None:
+            return self.ref_policy.log_prob(traj, step)
+        with lora.adapters_disabled(self.module):
+            return self.policy.log_prob(traj, step)
+
+    @torch.no_grad()
+    def velocity(self, x, t, prompts):
+        if self.ref_policy is not None:
+            return self.ref_policy.velocity(x, t, prompts)
+        with lora.adapters_disabled(self.module):
+            return self.policy.velocity(x, t, prompts)
+
+
 class PromptSampler:
     """Train-split prompts: a category, then one of its prompts uniformly; each drawn prompt is repeated
     group_size times in a row (one group).
@@ -181,6 +204,7 @@ class Trainer:
                 ref_adapter = copy.deepcopy(adapter)
                 ref_adapter.module.requires_grad_(False)
                 self.ref_policy = make_policy(ref_adapter, self.sampling)
+        self.reference = Reference(self.policy, self.module, self.ref_policy)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         decay = self.algorithm.old_ema
         self.old = EMAWeights(self.params, decay) if decay is not None else None  # the algorithm's old model
@@ -198,14 +222,6 @@ class Trainer:
         self.metrics = MetricsLog(self.run, enabled=self.dist.is_main, resume_iteration=self.iteration if resume else None)
 
     # ------------------------------------------------------------------------------------------ stages
-
-    def reference(self, traj, step):
-        """Log-prob of a step under the frozen reference: the base with LoRA off, or a frozen copy."""
-        with torch.no_grad():
-            if self.ref_policy is not None:
-                return self.ref_policy.log_prob(traj, step)
-            with lora.adapters_disabled(self.module):
-                return self.policy.log_prob(traj, step)
 
     def rollout(self, it: int):
         cfg = self.cfg
@@ -297,13 +313,15 @@ class Trainer:
             rec[f"diag_cos_{diagnostics.window_name(i, len(windows))}"] = diagnostics.cosine(a, b)
         cos = diagnostics.cosine(sum(halves[0]), sum(halves[1]))
         rec["diag_grad_cos"], rec["diag_signal_share"] = cos, diagnostics.combined_share(cos)
-        # one split is a noisy estimate of a small number: judge the run by the mean over its diagnostics
+        # one split is a noisy estimate of a small number: judge the run by the mean over its diagnostics,
+        # and warn only when even its upper confidence bound adds up to too little over the run
         self.diag_cos.append(cos)
         share = diagnostics.combined_share(float(np.mean(self.diag_cos)))
         rec["diag_signal_share_mean"] = share
         rec["diag_run_signal_share"] = diagnostics.run_share(share, self.optimizer_steps)
-        if warn:
-            self.warn_low_signal(it, share)
+        upper = diagnostics.upper_cosine(self.diag_cos)
+        if warn and upper is not None:
+            self.warn_low_signal(it, diagnostics.combined_share(upper), bound=True)
         return rec
 
     @property
@@ -311,8 +329,9 @@ class Trainer:
         """Optimizer steps the whole run takes."""
         return self.cfg.iterations * self.cfg.epochs * self.cfg.minibatches
 
-    def warn_low_signal(self, it: int, update_share: float) -> None:
-        warning = diagnostics.low_signal_warning(update_share, self.optimizer_steps, self.cfg.lr, self.cfg.min_signal_share)
+    def warn_low_signal(self, it: int, update_share: float, bound: bool = False) -> None:
+        warning = diagnostics.low_signal_warning(update_share, self.optimizer_steps, self.cfg.lr,
+                                                 self.cfg.min_signal_share, bound)
         if warning:
             self.log(f"iteration {it}: {warning}")
 
