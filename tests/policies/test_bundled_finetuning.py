@@ -31,5 +31,5 @@ def test_low_signal_warning_fires_on_textbook_grpo_not_on_the_default(recipe, wa
     """Both update directions are mostly noise at these batch sizes (a few % signal each); the default takes
     20x more, 10x smaller steps, so its run adds up to mostly signal and textbook Flow-GRPO's does not."""
     r, resolved = load_train_recipe(recipe)
-    res = Trainer(r, resolved, tmp_path / "run", progress=False, log=lambda *a: None).measure_signal(batches=5)
+    res = Trainer(r, resolved, tmp_path / "run", progress=False, log=lambda *a: None).measure_signal(batches=8)
     assert (res["warning"] is not None) == warns, (recipe, res)
