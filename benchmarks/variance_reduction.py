@@ -8,7 +8,8 @@ fine-tuning on fresh renders (more pretraining) at the same learning rate, for r
 signal: the signal share of one update, from the trainer's in-run diagnostic (cosine of the reward-driven
 gradients of the even and odd groups, averaged over the 3 diagnostics of the run, combined for the whole
 batch; trainer/diagnostics.py). run: what that share adds up to over the row's optimizer steps (signal adds
-linearly over steps, noise as their square root). Single-run estimates of a few % are noisy (about +-0.03).
+linearly over steps, noise as their square root). Single-run estimates of a few % are noisy: one cosine
+scatters by about +-0.2, the mean of a run's 3 by about +-0.1; `visalign diagnose --batches 8` is steadier.
 Each row costs about 2-6 minutes on 2 cores at the default 3200 rollouts.
 """
 
@@ -70,8 +71,8 @@ def sft_row(minutes, lr, out):
     before = evaluate(PolicyGenerator(load_model("builtin:shapes-flow")), 50, 0)
     after = evaluate(PolicyGenerator(load_model(f"builtin:shapes-flow?path={out}")), 50, 0)
     return {"label": f"supervised fine-tuning on renders, lr {lr:g} (same wall time)", "rollouts": 0,
-            "signal_share": float("nan"), "run_share": float("nan"), "before": before["overall"], "after": after["overall"], "wall_s": wall,
-            "categories": after["categories"]}
+            "signal_share": float("nan"), "run_share": float("nan"), "before": before["overall"],
+            "after": after["overall"], "wall_s": wall, "categories": after["categories"]}
 
 
 def main(argv=None) -> int:
@@ -91,10 +92,11 @@ def main(argv=None) -> int:
         lr = load_train_recipe("geneval-s-nft")[0].train.lr
         results.append(sft_row(default["wall_s"] / 60, lr, out / "sft"))
         print(json.dumps(results[-1]), flush=True)
-    print(f"\n{'option':<62} {'rollouts':>8} {'signal':>7} {'run':>5} {'before':>7} {'after':>7} {'gain':>7} {'wall_s':>7}")
+    print(f"\n{'option':<62} {'rollouts':>8} {'signal':>7} {'run':>5} "
+          f"{'before':>7} {'after':>7} {'gain':>7} {'wall_s':>7}")
     for r in results:
-        print(f"{r['label']:<62} {r['rollouts']:>8} {r['signal_share']:>7.3f} {r['run_share']:>5.2f} {r['before']:>7.3f} "
-              f"{r['after']:>7.3f} {r['after'] - r['before']:>+7.3f} {r['wall_s']:>7.0f}")
+        print(f"{r['label']:<62} {r['rollouts']:>8} {r['signal_share']:>7.3f} {r['run_share']:>5.2f} "
+              f"{r['before']:>7.3f} {r['after']:>7.3f} {r['after'] - r['before']:>+7.3f} {r['wall_s']:>7.0f}")
     (out / "table.json").write_text(json.dumps(results, indent=1))
     return 0
 

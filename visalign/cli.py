@@ -75,8 +75,8 @@ def cmd_pretrain(args) -> None:
 
         init = getattr(load_model(recipe.init), "module", None)
         if not isinstance(init, ShapesModel):
-            raise ValueError(f"init model '{recipe.init}' is not a built-in shapes model; accepted: builtin:shapes-flow "
-                             f"or builtin:shapes-flow?path=DIR")
+            raise ValueError(f"init model '{recipe.init}' is not a built-in shapes model; accepted: "
+                             f"builtin:shapes-flow or builtin:shapes-flow?path=DIR")
     model_cfg = init.config if init is not None else ShapesModelConfig.from_dict(recipe.model)
     start = time.time()
     pretrain(model_cfg, recipe.train, args.out, init=init)
@@ -117,12 +117,14 @@ def cmd_diagnose(args) -> None:
         res = Trainer(recipe, resolved, tmp, dist=dist, progress=False).measure_signal(args.batches)
     res["wall_s"] = round(time.time() - start, 2)
     if dist.is_main:
-        print(f"{args.recipe}: {args.batches} independent batches of {recipe.train.batch_size} rollouts, lr={recipe.train.lr:g}")
+        print(f"{args.recipe}: {args.batches} independent batches of {recipe.train.batch_size} rollouts, "
+              f"lr={recipe.train.lr:g}")
         for key, value in res.items():
             if key != "warning":
                 print(f"  {key:<26} {value:.4g}" if isinstance(value, float) else f"  {key:<26} {value}")
         share = res["signal_share"]
-        print(f"one update is {100 * max(share, 0):.0f}% signal; ~{res['batch_for_half_signal']:.0f} rollouts per update "
+        print(f"one update is {100 * max(share, 0):.0f}% signal; ~{res['batch_for_half_signal']:.0f} rollouts "
+              f"per update "
               f"would make it 50%; the run's {res['optimizer_steps']} optimizer steps add up to "
               f"{100 * res['run_signal_share']:.0f}% signal")
         if res["warning"]:

@@ -219,7 +219,8 @@ def test_signal_loss_leaves_out_reward_independent_terms(tiny_dir, tmp_path, rec
 
 def test_diagnostics_in_metrics_and_constant_reward_has_no_signal(tiny_dir, tmp_path, capsys):
     if "test_constant" not in REWARDS:
-        REWARDS.register("test_constant")(lambda: (lambda images, prompts, metadata=None: RewardOutput(torch.ones(len(prompts)))))
+        REWARDS.register("test_constant")(
+            lambda: (lambda images, prompts, metadata=None: RewardOutput(torch.ones(len(prompts)))))
     over = _overrides(tiny_dir, "train.iterations=2", "train.diagnose_every=1")
     assert main(["train", "geneval-s-grpo", *over, "--out", str(tmp_path / "r")]) == 0
     rows = read_metrics(tmp_path / "r")

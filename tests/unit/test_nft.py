@@ -1,4 +1,5 @@
-"""DiffusionNFT's loss, its optimality mapping, the EMA old model and the variance curriculum, on hand-worked numbers."""
+"""DiffusionNFT's loss, its optimality mapping, the EMA old model and the variance curriculum, on
+hand-worked numbers."""
 
 import pytest
 import torch
@@ -38,6 +39,18 @@ def test_nft_gradient_at_the_old_policy():
     v = (v_old + torch.tensor([[0.2, -0.1]])).requires_grad_(True)
     nft_loss(v, v_old, target, torch.tensor([0.5])).sum().backward()
     assert torch.allclose(v.grad, torch.tensor([[0.2, -0.1]]), atol=1e-6)  # (2 v - 2 v_old) / D
+
+
+@pytest.mark.parametrize("options,needle", [({"old_ema": 1.0}, "algorithm_options.old_ema must be in [0, 1)"),
+                                            ({"beta": 0.0}, "algorithm_options.beta must be in (0, 1]"),
+                                            ({"draws": 0}, "draws >= 1")])
+def test_bad_nft_options_are_one_line(options, needle):
+    from visalign.algorithms import load_algorithm
+    from visalign.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_algorithm("nft", options)
+    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_ema_weights_update_and_swap():

@@ -5,7 +5,9 @@ falls as 1/B. Two estimates from disjoint rollouts share s and have independent 
 c = |s|^2 / (|s|^2 + |n|^2) (in expectation, for large dimension) is the *signal share* of one of them.
 An estimate from the union of the two (twice the rollouts) has share 2c / (1 + c). Adam takes steps of
 about `lr` per coordinate whatever that share is, so at a share of 0.05 almost all of each step is a
-random walk; that is the measurement behind "nothing learns at laptop scale" (issue 9).
+random walk; over K steps the signal adds up K times and the noise sqrt(K) times (run_share), which is
+what decides whether a run can learn (issue 9). One cosine of a raw gradient scatters by about +-0.2 (a
+few parameter directions dominate it), so single estimates are averaged before anything is concluded.
 
 Also: the share of groups whose rewards are all equal (they carry no GRPO signal at all), the reward
 variance within groups (what group advantages can use) and between them (prompt difficulty, which
@@ -35,12 +37,16 @@ def combined_share(cos: float, k: int = 2) -> float:
     return k * c / (1 + (k - 1) * c) if c > 0 else 0.0
 
 
+def snr(share: float) -> float:
+    """Signal-to-noise power ratio of an estimate whose signal share is `share` in [0, 1]."""
+    return share / (1 - share) if share < 1 else math.inf
+
+
 def batch_multiplier(share: float, target: float = 0.5) -> float:
     """How many times more rollouts per update would lift `share` to `target` (snr grows linearly)."""
     if share <= 0:
         return math.inf
-    snr, want = share / (1 - share) if share < 1 else math.inf, target / (1 - target)
-    return max(1.0, want / snr)
+    return max(1.0, snr(target) / snr(share))
 
 
 def reward_stats(rewards: torch.Tensor, group_size: int) -> dict:
@@ -79,8 +85,8 @@ def run_share(update_share: float, steps: int) -> float:
         return 0.0
     if update_share >= 1:
         return 1.0
-    snr = steps * update_share / (1 - update_share)
-    return snr / (1 + snr)
+    total = steps * snr(update_share)
+    return total / (1 + total)
 
 
 def upper_cosine(cosines: list[float], z: float = 2.0, min_count: int = 3) -> float | None:
@@ -100,11 +106,12 @@ def low_signal_warning(update_share: float, steps: int, lr: float, threshold: fl
     run = run_share(update_share, steps)
     if run >= threshold:
         return None
-    want = threshold / (1 - threshold) / steps  # per-update snr that reaches the threshold over the run
+    want = snr(threshold) / steps  # per-update snr that reaches the threshold over the run
     k = batch_multiplier(update_share, want / (1 + want))
-    more = "no measurable signal" if math.isinf(k) else f"about {k:.0f}x the rollouts per update would reach {threshold}"
+    more = ("no measurable signal" if math.isinf(k)
+            else f"about {k:.0f}x the rollouts per update would reach {threshold}")
     at_most = "at most " if bound else ""
     return (f"warning: gradient signal share {at_most}{update_share:.3f} per update, {at_most}{run:.2f} over the run's "
-            f"{steps} optimizer "
-            f"steps at lr={lr:g} (< {threshold}): the run is mostly a random walk ({more}); raise train.batch_size, "
+            f"{steps} optimizer steps at lr={lr:g} (< {threshold}): the run is mostly a random walk ({more}); "
+            f"raise train.batch_size, "
             f"or take more optimizer steps at a lower train.lr (signal adds up over steps, noise as their square root)")

@@ -22,22 +22,21 @@ class EMAWeights:
         for s, p in zip(self.shadow, self.params):
             s.lerp_(p.detach(), 1.0 - self.decay)
 
+    @torch.no_grad()
+    def _exchange(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
+
     @contextmanager
     def swapped(self):
         """Inside the block the parameters hold the EMA values (use under torch.no_grad())."""
-        with torch.no_grad():
-            for s, p in zip(self.shadow, self.params):
-                tmp = p.detach().clone()
-                p.copy_(s)
-                s.copy_(tmp)
+        self._exchange()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for s, p in zip(self.shadow, self.params):
-                    tmp = p.detach().clone()
-                    p.copy_(s)
-                    s.copy_(tmp)
+            self._exchange()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"ema.{i}": s for i, s in enumerate(self.shadow)}

@@ -251,8 +251,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for step in steps:
-                    loss, m = algo.step_loss(self.policy, sub, adv, step, self.reference if algo.uses_reference else None,
-                                             old=self.old.swapped if self.old else None)
+                    ref = self.reference if algo.uses_reference else None
+                    loss, m = algo.step_loss(self.policy, sub, adv, step, ref, old=self.old.swapped if self.old else None)
                     with self.sw("model"):
                         (loss / len(steps)).backward()
                     total += loss.item() / len(steps)
@@ -345,7 +345,8 @@ class Trainer:
         for b in range(1, batches + 1):
             traj, prompts_all, rewards_all, local = self.rollout(b)
             adv_all = self.algorithm.advantages(rewards_all.cpu(), prompts_all, self.cfg.group_size)
-            per_batch.append({"reward_mean": float(rewards_all.mean()), **self.diagnose(b, traj, rewards_all.cpu(), adv_all, local, warn=False)})
+            stats = self.diagnose(b, traj, rewards_all.cpu(), adv_all, local, warn=False)
+            per_batch.append({"reward_mean": float(rewards_all.mean()), **stats})
             windows = self.algorithm.diagnostic_windows(traj)
             adv = adv_all[local].to(self.dist.device)
             grads.append(self.window_grads(traj, adv, windows, len(traj) / self.cfg.batch_size))
@@ -356,7 +357,8 @@ class Trainer:
         if all(w == windows_seen[0] for w in windows_seen):  # per-window shares need the same steps in each batch
             for w in range(len(windows_seen[0])):
                 name = diagnostics.window_name(w, len(windows_seen[0]))
-                out[f"signal_share_{name}"] = float(np.mean([diagnostics.cosine(grads[i][w], grads[j][w]) for i, j in pairs]))
+                cos = [diagnostics.cosine(grads[i][w], grads[j][w]) for i, j in pairs]
+                out[f"signal_share_{name}"] = float(np.mean(cos))
         out["batch_for_half_signal"] = diagnostics.batch_multiplier(out["signal_share"]) * self.cfg.batch_size
         out["optimizer_steps"] = self.optimizer_steps
         out["run_signal_share"] = diagnostics.run_share(out["signal_share"], self.optimizer_steps)
