@@ -34,7 +34,7 @@ class Algorithm:
         if self.needs_log_prob and not bool(policy.stochastic_mask(sampling).any()):
             raise CapabilityError(
                 f"{self.name} needs log-probs of sampled steps, but the rollout sampler is deterministic "
-                f"(kind '{sampling.kind}'); use kind flow, dance or cps"
+                f"(kind '{sampling.kind}'); use a stochastic kind: {', '.join(policy.STOCHASTIC_KINDS)}"
             )
 
     def rollout_sampling(self, sampling, iteration: int, gen: torch.Generator):

@@ -79,9 +79,9 @@ class NFT(Algorithm):
             raise ConfigError("nft needs the old model; the trainer provides it when algorithm.old_ema is set")
         x_t, t, target = policy.noised_sample(traj, step)  # [B, C, H, W], [B], [B, C, H, W]
         with torch.no_grad(), old():  # first: swapping the weights in place must precede the graph of v
-            v_old = policy.velocity(x_t, t, traj.prompts)
-        v_ref = reference.velocity(x_t, t, traj.prompts) if reference is not None else None
-        return policy.velocity(x_t, t, traj.prompts), v_old, target, v_ref
+            v_old = policy.predict(x_t, t, traj.prompts)
+        v_ref = reference.predict(x_t, t, traj.prompts) if reference is not None else None
+        return policy.predict(x_t, t, traj.prompts), v_old, target, v_ref
 
     def step_loss(self, policy, traj, advantages, step, reference, old=None):
         v, v_old, target, v_ref = self._velocities(policy, traj, step, old, reference if self.uses_reference else None)

@@ -1,4 +1,5 @@
-"""Stateless, batched step functions of the samplers that RL trains, in fp32.
+"""Stateless, batched step functions of the samplers that RL trains, in fp32: the flow SDE kinds below and
+the DDIM step with eta > 0 of the diffusion family (`ddim_step`, DDPO, Black et al., 2023, arXiv 2305.13301).
 
 A flow model predicts a velocity v for x_sigma = (1 - sigma) x0 + sigma x1 (x1 noise), v = x1 - x0, and
 is integrated from sigma = 1 to 0. Every step is a Gaussian x_next ~ N(mean, std^2) (std = 0 for the ODE),
@@ -100,9 +101,62 @@ def flow_sde_step(
     return _finish(mean, std, noise, prev_sample)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def predicted_x0_eps(x: torch.Tensor, model_output: torch.Tensor, alpha_bar, prediction_type: str = "epsilon"):
+    """(x0_hat, eps_hat) from a diffusion model's output at x_t = sqrt(ab) x0 + sqrt(1 - ab) eps.
+    epsilon: eps directly; v_prediction: v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho, 2022);
+    sample: x0 directly. x, model_output [B, ...]; alpha_bar float or [B]."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type '{prediction_type}'; accepted: {', '.join(PREDICTION_TYPES)}")
+    x, out = x.float(), model_output.float()
+    a = _col(alpha_bar, x)
+    sa, s1a = a.sqrt(), (1 - a).sqrt()  # [B, 1, ...]
+    if prediction_type == "epsilon":
+        return (x - s1a * out) / sa, out
+    if prediction_type == "v_prediction":
+        return sa * x - s1a * out, sa * out + s1a * x
+    return out, (x - sa * out) / s1a
+
+
+def ddim_step(
+    x: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_bar,
+    alpha_bar_prev,
+    *,
+    eta: float,
+    prediction_type: str = "epsilon",
+    noise: torch.Tensor | None = None,
+    prev_sample: torch.Tensor | None = None,
+    clip_sample: float | None = None,
+) -> StepOutput:
+    """One DDIM step (Song et al., 2021, eq. 12) from x_t at alpha_bar to x_prev at alpha_bar_prev > alpha_bar,
+    with eta in [0, 1] scaling the DDPM posterior std (DESIGN 3.2; eta = 1 is DDPM's ancestral step, eta = 0
+    the deterministic DDIM step, whose log_prob is 0):
+        var = (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev);  std = eta sqrt(var)
+        mean = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - std^2) eps_hat;  x_prev = mean + std noise
+    x, model_output, noise, prev_sample: [B, ...]; alpha_bar, alpha_bar_prev: float or [B]. `clip_sample`
+    clamps x0_hat to [-c, c] (pixel-space models; eps_hat is then recomputed from it, as diffusers does)."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    x = x.float()
+    a, a_prev = _col(alpha_bar, x), _col(alpha_bar_prev, x)  # [B, 1, ...]
+    x0_hat, eps_hat = predicted_x0_eps(x, model_output, a, prediction_type)
+    if clip_sample is not None:
+        x0_hat = x0_hat.clamp(-clip_sample, clip_sample)
+        eps_hat = (x - a.sqrt() * x0_hat) / (1 - a).sqrt()
+    var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)  # [B, 1, ...]
+    std = eta * var.clamp_min(0).sqrt()
+    mean = a_prev.sqrt() * x0_hat + (1 - a_prev - std**2).clamp_min(0).sqrt() * eps_hat
+    return _finish(mean, std, noise, prev_sample)
+
+
 def flow_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL between two step Gaussians of equal std, in mean space: mean over dims of (m - m_ref)^2 / (2 std^2).
-    (DESIGN 3.1; Flow-GRPO divides by the step's full std.) -> [B]"""
+    (DESIGN 3.1; Flow-GRPO divides by the step's full std.) The same closed form holds for DDIM steps, so
+    DPOK's KL uses it too. -> [B]"""
     return ((mean - mean_ref) ** 2 / (2 * std**2)).flatten(1).mean(1)
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..math import schedules
 from .text import TextEncoder, WordTokenizer
 from .unet import UNet
 
@@ -155,14 +156,15 @@ def _atomic(target: Path, write) -> None:
             os.remove(tmp)
 
 
-class ShapesFlowAdapter:
-    """The built-in velocity model as a FlowPolicy adapter: pixel space, so decode is the identity."""
+class _ShapesAdapter:
+    """A built-in model as a policy adapter: pixel space, so decode is a clamp."""
 
-    family = "flow"
+    prediction = "velocity"
 
     def __init__(self, model: ShapesModel):
-        if model.config.prediction != "velocity":
-            raise ValueError(f"a flow adapter needs a velocity model, this one predicts {model.config.prediction}")
+        if model.config.prediction != self.prediction:
+            raise ValueError(f"a {self.family} adapter needs a {self.prediction} model, this one predicts "
+                             f"{model.config.prediction}")
         self.model = model
         r = model.config.resolution
         self.latent_shape = (3, r, r)
@@ -177,8 +179,34 @@ class ShapesFlowAdapter:
     def encode(self, prompts: list[str]) -> TextCondition:
         return self.model.encode_prompts(prompts)
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextCondition) -> torch.Tensor:
-        return self.model(x, sigma, cond)
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        return self.model(x, t, cond)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(-1, 1)
+
+
+class ShapesFlowAdapter(_ShapesAdapter):
+    """builtin:shapes-flow for FlowPolicy: predict(x, sigma, cond) is the velocity."""
+
+    family = "flow"
+    prediction = "velocity"
+
+
+class ShapesDiffusionAdapter(_ShapesAdapter):
+    """builtin:shapes-ddpm for DiffusionPolicy: predict(x, t, cond) is epsilon at continuous time t in [0, 1]
+    of the cosine schedule (math/schedules.py), the time the model was pretrained on."""
+
+    family = "diffusion"
+    prediction = "epsilon"
+    prediction_type = "epsilon"
+    clip_sample = 1.0  # pixel space: the clean image lies in [-1, 1]
+
+    def schedule(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (timesteps [T] the network's time at each step, alpha_bars [T+1] of every state, last = 1)."""
+        t = torch.linspace(1.0, 0.0, steps + 1)
+        return t[:-1], schedules.alpha_bar(t)
+
+    def forward_noise(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u [B] in (0, 1) -> (the network's time [B], alpha_bar [B]) of a forward-process draw."""
+        return u, schedules.alpha_bar(u)

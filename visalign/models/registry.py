@@ -14,7 +14,7 @@ import yaml
 from ..images import tensor_to_images
 from ..registry import Registry
 from ..world import grammar, render
-from .builtin import ShapesFlowAdapter, ShapesModel
+from .builtin import ShapesDiffusionAdapter, ShapesFlowAdapter, ShapesModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -66,9 +66,20 @@ def _oracle(**opts):
     return OracleGenerator(**opts)
 
 
+def builtin_adapter(model: ShapesModel):
+    """The policy adapter of a built-in model: by what it predicts."""
+    return (ShapesFlowAdapter if model.config.prediction == "velocity" else ShapesDiffusionAdapter)(model)
+
+
 @MODELS.register("builtin:shapes-flow", "bundled 2.7M-param rectified-flow UNet, 32x32 (option: path)")
 def _shapes_flow(path: str | None = None):
     return ShapesFlowAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-flow"))
+
+
+@MODELS.register("builtin:shapes-ddpm", "bundled 2.7M-param epsilon-prediction DDPM UNet (cosine schedule), 32x32 "
+                 "(option: path)")
+def _shapes_ddpm(path: str | None = None):
+    return ShapesDiffusionAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-ddpm"))
 
 
 def _typed(value: str):
@@ -88,7 +99,7 @@ def load_model(spec: str):
     for the oracle). A directory path loads a built-in model saved with save_pretrained."""
     name, opts = _split(spec)
     if name not in MODELS and Path(name).is_dir():
-        return ShapesFlowAdapter(ShapesModel.from_pretrained(name, **opts))
+        return builtin_adapter(ShapesModel.from_pretrained(name, **opts))
     factory = MODELS.get(name)
     try:
         return factory(**opts)

@@ -1,16 +1,20 @@
 """Policies by family: a model adapter says its `family`, the family's policy samples and scores it."""
 
+from .diffusion import DiffusionPolicy, DiffusionSampling
 from .flow import FlowPolicy, FlowSampling
 
-POLICY_FAMILIES = {"flow": FlowPolicy}
+POLICY_FAMILIES = {"flow": FlowPolicy, "diffusion": DiffusionPolicy}
 
 
-def make_policy(adapter, sampling=None):
+def policy_class(adapter):
     family = getattr(adapter, "family", None)
     if family not in POLICY_FAMILIES:
         raise ValueError(f"no policy for model family '{family}'; supported: {sorted(POLICY_FAMILIES)}")
-    cls = POLICY_FAMILIES[family]
-    return cls(adapter, sampling) if sampling is not None else cls(adapter)
+    return POLICY_FAMILIES[family]
 
 
-__all__ = ["FlowPolicy", "FlowSampling", "make_policy"]
+def make_policy(adapter, sampling=None):
+    return policy_class(adapter)(adapter, sampling)
+
+
+__all__ = ["DiffusionPolicy", "DiffusionSampling", "FlowPolicy", "FlowSampling", "make_policy", "policy_class"]

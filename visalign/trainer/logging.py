@@ -30,24 +30,6 @@ class Stopwatch:
         return out
 
 
-class TimedAdapter:
-    """Wraps a model adapter so that time spent in its network calls is counted as 'model'."""
-
-    def __init__(self, adapter, stopwatch: Stopwatch):
-        self._adapter, self._sw = adapter, stopwatch
-
-    def velocity(self, *a, **k):
-        with self._sw("model"):
-            return self._adapter.velocity(*a, **k)
-
-    def encode(self, *a, **k):
-        with self._sw("model"):
-            return self._adapter.encode(*a, **k)
-
-    def __getattr__(self, name):
-        return getattr(self._adapter, name)
-
-
 class MetricsLog:
     """One JSON object per line in RUN/metrics.jsonl, mirrored to TensorBoard (RUN/tb). On resume the
     lines past the checkpoint are dropped, so the file reads as if the run never stopped."""

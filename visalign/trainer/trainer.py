@@ -25,7 +25,7 @@ from ..evaluate import evaluate
 from ..images import save_grid
 from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
-from ..policies import FlowSampling, make_policy
+from ..policies import make_policy, policy_class
 from ..rewards import load_reward
 from ..world import grammar
 from ..world.vocab import CATEGORIES
@@ -48,10 +48,10 @@ class InstrumentedAdapter:
     def __init__(self, adapter, stopwatch: Stopwatch):
         self._adapter, self._sw, self.nfe = adapter, stopwatch, 0
 
-    def velocity(self, x, *a, **k):
+    def predict(self, x, *a, **k):
         self.nfe += x.shape[0]
         with self._sw("model"):
-            return self._adapter.velocity(x, *a, **k)
+            return self._adapter.predict(x, *a, **k)
 
     def __getattr__(self, name):
         return getattr(self._adapter, name)
@@ -59,7 +59,7 @@ class InstrumentedAdapter:
 
 class Reference:
     """The frozen reference policy for KL terms: the base with LoRA off, or a frozen copy (full fine-tune).
-    Called as reference(traj, step) -> StepLogProb of a sampled step; .velocity(x, t, prompts) for
+    Called as reference(traj, step) -> StepLogProb of a sampled step; .predict(x, t, prompts) for
     likelihood-free algorithms. Never carries gradients."""
 
     def __init__(self, policy, module, ref_policy=None):
@@ -73,11 +73,11 @@ class Reference:
             return self.policy.log_prob(traj, step)
 
     @torch.no_grad()
-    def velocity(self, x, t, prompts):
+    def predict(self, x, t, prompts):
         if self.ref_policy is not None:
-            return self.ref_policy.velocity(x, t, prompts)
+            return self.ref_policy.predict(x, t, prompts)
         with lora.adapters_disabled(self.module):
-            return self.policy.velocity(x, t, prompts)
+            return self.policy.predict(x, t, prompts)
 
 
 class PromptSampler:
@@ -187,7 +187,7 @@ class Trainer:
             raise ValueError(f"model '{recipe.model}' is not trainable (it has no network); choose a model adapter")
         self.adapter = adapter
         self.module = adapter.module.to(self.dist.device)
-        self.sampling = build(FlowSampling, recipe.sampling, "sampling")
+        self.sampling = build(policy_class(adapter).Sampling, recipe.sampling, "sampling")
         self.instrumented = InstrumentedAdapter(adapter, self.sw)
         self.policy = make_policy(self.instrumented, self.sampling)
         self.reward = load_reward(recipe.reward, **recipe.reward_options)

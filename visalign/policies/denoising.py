@@ -1,0 +1,140 @@
+"""What the flow and diffusion policies share: a model adapter + a step function = a policy over denoising chains.
+
+`sample()` and `log_prob()` call the same `_step()` (model forward + CFG + the family's step math), so a
+log-prob recomputed right after sampling equals the rollout's (the PPO ratio is exactly 1 on-policy).
+Noise is drawn per sample from its own seed, so a sample does not depend on what else is in the batch
+(or on which process drew it).
+
+The adapter interface (flow and diffusion alike):
+  encode(prompts) -> cond            cond[idx] slices it, type(cond).cat([...]) joins
+  predict(x, t [B], cond) -> [B, ...] the network output (a velocity, or the diffusion prediction_type)
+  decode(x) -> images [B, 3, H, W] in [-1, 1]
+  latent_shape, default_steps, default_guidance, module (the trainable nn.Module)
+A subclass gives the schedule of a sampling config, the step math, and the forward-process noising that
+likelihood-free algorithms train on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..math.sde import StepOutput
+from ..types import StepLogProb, Trajectory
+
+
+def per_sample_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """[B, *shape] standard normal noise, row b drawn from its own generator seeded with seeds[b]."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def draw_generators(seeds: list[int], draw: int) -> list[torch.Generator]:
+    """One generator per sample, seeded with (sample seed, draw): forward-process draws of a sample do not
+    depend on the batch or the process."""
+    return [torch.Generator().manual_seed(int(np.random.default_rng([int(s), int(draw)]).integers(2**62)))
+            for s in seeds]
+
+
+class DenoisingPolicy:
+    Sampling = None  # the family's frozen sampling config class
+    STOCHASTIC_KINDS: tuple[str, ...] = ()
+
+    def __init__(self, adapter, sampling=None):
+        self.adapter = adapter
+        self.sampling = sampling if sampling is not None else self.Sampling()
+
+    # ------------------------------------------------------------------------------ family specifics
+
+    def schedule(self, s) -> dict:
+        """{'sigmas': [T+1] noise level of every state, from ~1 to 0, ...anything _step_math needs}."""
+        raise NotImplementedError
+
+    def _step_math(self, x, i, pred, sched: dict, s, stochastic: bool, noise, prev_sample) -> StepOutput:
+        raise NotImplementedError
+
+    def model_time(self, sched: dict, i: int) -> torch.Tensor:
+        """The network's time input at step i (a scalar tensor)."""
+        raise NotImplementedError
+
+    def noised_sample(self, traj: Trajectory, draw: int):
+        """Forward-noise each final sample for a denoising loss -> x_t [B, ...], t [B] (the network's time
+        input), target [B, ...] (what predict() should output there)."""
+        raise NotImplementedError
+
+    def stochastic_mask(self, sampling=None) -> torch.Tensor:
+        """[T] bool: which steps are drawn from the SDE (and carry a log-prob)."""
+        s = sampling or self.sampling
+        mask = torch.full((s.steps,), s.kind in self.STOCHASTIC_KINDS)
+        if s.sde_window is not None:
+            mask[:] = False
+            mask[s.sde_window[0] : s.sde_window[1]] = s.kind in self.STOCHASTIC_KINDS
+        return mask
+
+    # -------------------------------------------------------------------------------------- shared
+
+    def eval_sampling(self, steps: int | None = None, guidance: float | None = None):
+        """The deterministic sampler evaluation uses, with the model's own defaults."""
+        return self.Sampling(steps=steps or self.adapter.default_steps, kind="ode",
+                             guidance_scale=self.adapter.default_guidance if guidance is None else guidance)
+
+    def guided(self, x, t, cond, uncond, guidance_scale: float) -> torch.Tensor:
+        """p = p_u + w (p_c - p_u) in fp32. x [B, ...]; t [B]. The unconditional branch never carries
+        gradients (Flow-GRPO and DDPO detach it), and sampling and scoring run the very same two forwards,
+        so their numbers agree to the bit."""
+        p_c = self.adapter.predict(x, t, cond).float()
+        if guidance_scale == 1.0 or uncond is None:
+            return p_c
+        with torch.no_grad():
+            p_u = self.adapter.predict(x, t, uncond).float()
+        return p_u + guidance_scale * (p_c - p_u)
+
+    def _step(self, x, i, sched, cond, uncond, s, stochastic: bool, noise=None, prev_sample=None) -> StepOutput:
+        """The one step function: forward + CFG + the step math, for step i."""
+        pred = self.guided(x, self.model_time(sched, i).expand(x.shape[0]), cond, uncond, s.guidance_scale)
+        return self._step_math(x, i, pred, sched, s, stochastic, noise, prev_sample)
+
+    def conditions(self, prompts: list[str], guidance_scale: float):
+        cond = self.adapter.encode(prompts)
+        if guidance_scale == 1.0:
+            return cond, None
+        with torch.no_grad():
+            return cond, self.adapter.encode([""] * len(prompts))
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], seeds: list[int], sampling=None, init_seeds: list[int] | None = None,
+               latents: torch.Tensor | None = None) -> Trajectory:
+        """Sample chains. Sample b's noise comes from seeds[b]; with `init_seeds`, its starting noise comes
+        from init_seeds[b] instead (a group can share its start and differ only in the SDE noise); with
+        `latents` [B, ...], those are the start (to match another sampler given the same latents)."""
+        s = sampling or self.sampling
+        sched = self.schedule(s)
+        mask = self.stochastic_mask(s)
+        noise = per_sample_noise(seeds, (s.steps + 1, *self.adapter.latent_shape))  # [B, T+1, C, H, W]
+        if init_seeds is not None:
+            noise[:, 0] = per_sample_noise(init_seeds, tuple(self.adapter.latent_shape))
+        if latents is not None:
+            noise[:, 0] = latents.float()
+        cond, uncond = self.conditions(prompts, s.guidance_scale)
+        x = noise[:, 0]
+        states, log_probs = [x], []
+        for i in range(s.steps):
+            out = self._step(x, i, sched, cond, uncond, s, bool(mask[i]), noise=noise[:, i + 1])
+            x = out.prev_sample
+            states.append(x)
+            log_probs.append(out.log_prob)
+        return Trajectory(
+            prompts=list(prompts), seeds=list(seeds), states=torch.stack(states, 1), log_probs=torch.stack(log_probs, 1),
+            sigmas=sched["sigmas"], stochastic=mask, images=self.adapter.decode(x), extras={"sampling": s},
+        )
+
+    def log_prob(self, traj: Trajectory, step: int, sampling=None) -> StepLogProb:
+        """Recompute step `step` of traj under the current parameters (gradients flow)."""
+        s = sampling or traj.extras.get("sampling", self.sampling)
+        cond, uncond = self.conditions(traj.prompts, s.guidance_scale)
+        out = self._step(traj.states[:, step], step, self.schedule(s), cond, uncond, s, bool(traj.stochastic[step]),
+                         prev_sample=traj.states[:, step + 1])
+        return StepLogProb(out.log_prob, out.mean, out.std)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The conditional network output (no guidance), fp32: what likelihood-free algorithms train."""
+        return self.adapter.predict(x, t, self.adapter.encode(prompts)).float()
