@@ -8,16 +8,26 @@ torch.set_num_threads(1)
 os.environ.setdefault("VISALIGN_THREADS", "1")
 
 
-@pytest.fixture
-def tiny_flow_model():
-    """A randomly initialised built-in flow model at 16x16 (no pretrained weights involved)."""
+def _tiny_model(prediction: str):
     from visalign.models.builtin import ShapesModel, ShapesModelConfig
 
     torch.manual_seed(0)
-    model = ShapesModel(ShapesModelConfig(resolution=16, channels=(16, 32), attention=(False, True), text_dim=32,
-                                          text_layers=1, heads=2))
+    model = ShapesModel(ShapesModelConfig(prediction=prediction, resolution=16, channels=(16, 32),
+                                          attention=(False, True), text_dim=32, text_layers=1, heads=2))
     # The output layer starts at zero; perturb it so velocities (and log-probs) are not trivially 0.
     with torch.no_grad():
         for p in model.unet.out.parameters():
             p.normal_(0, 0.05)
     return model.eval()
+
+
+@pytest.fixture
+def tiny_flow_model():
+    """A randomly initialised built-in flow model at 16x16 (no pretrained weights involved)."""
+    return _tiny_model("velocity")
+
+
+@pytest.fixture
+def tiny_ddpm_model():
+    """A randomly initialised built-in epsilon-prediction model at 16x16."""
+    return _tiny_model("epsilon")

@@ -243,11 +243,12 @@ class TrainRecipe:
     name: str
     description: str = ""
     model: str = "builtin:shapes-flow"
+    prompts: str = "geneval-s"  # prompt set: geneval-s | animals | file:PATH (visalign/prompts.py)
     reward: str = "geneval_s"
     reward_options: dict = field(default_factory=dict)
     algorithm: str = "grpo"
     algorithm_options: dict = field(default_factory=dict)
-    sampling: dict = field(default_factory=dict)  # the policy's rollout sampler (FlowSampling fields)
+    sampling: dict = field(default_factory=dict)  # the policy's rollout sampler (FlowSampling / DiffusionSampling fields)
     eval: EvalSampling = field(default_factory=EvalSampling)
     train: TrainConfig = field(default_factory=TrainConfig)
 

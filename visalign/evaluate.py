@@ -15,12 +15,9 @@ from .world.vocab import CATEGORIES
 
 def eval_items(per_category: int, seed: int) -> list[tuple[str, str, int]]:
     """[(category, prompt, seed)] in a fixed order."""
-    items = []
-    for ci, cat in enumerate(CATEGORIES):
-        prompts = grammar.prompts(cat, "eval")
-        for i in range(per_category):
-            items.append((cat, prompts[i % len(prompts)], seed * 1_000_000 + 10_000 * ci + i))
-    return items
+    from .prompts import load_prompt_set
+
+    return load_prompt_set("geneval-s").eval_items(per_category, seed)
 
 
 def score_images(images: np.ndarray, prompts: list[str]) -> list[verify.Verdict]:
@@ -49,6 +46,24 @@ def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bo
         result["prompts"] = list(prompts)
         result["correct"] = [v.correct for v in verdicts]
     return result
+
+
+def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed: int = 0) -> dict:
+    """A prompt set without a verifier: the mean of `reward` over its eval items, per category and overall
+    (the same result layout as evaluate(), images included)."""
+    import torch
+
+    from .images import images_to_tensor
+
+    if per_category < 1:
+        raise ValueError(f"per_category must be >= 1, got {per_category}")
+    cats, prompts, seeds = zip(*prompt_set.eval_items(per_category, seed))
+    images = generator.generate(list(prompts), list(seeds))
+    scores = torch.cat([reward(images_to_tensor(images[i : i + 64]), list(prompts[i : i + 64])).scores.float().cpu()
+                        for i in range(0, len(prompts), 64)])
+    per = {c: float(scores[[i for i, k in enumerate(cats) if k == c]].mean()) for c in prompt_set.categories}
+    return {"overall": float(np.mean(list(per.values()))), "categories": per, "n": len(prompts),
+            "images": images, "prompts": list(prompts)}
 
 
 def format_table(result: dict) -> str:

@@ -21,14 +21,13 @@ import torch
 from ..algorithms import load_algorithm
 from ..config import TrainRecipe, build
 from ..distributed import Distributed
-from ..evaluate import evaluate
+from ..evaluate import evaluate, evaluate_reward
 from ..images import save_grid
 from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
 from ..policies import make_policy, policy_class
+from ..prompts import PromptSet, load_prompt_set
 from ..rewards import load_reward
-from ..world import grammar
-from ..world.vocab import CATEGORIES
 from . import diagnostics
 from .checkpoint import ResumeError, atomic_write_text, load_checkpoint, save_checkpoint
 from .ema import EMAWeights
@@ -81,8 +80,8 @@ class Reference:
 
 
 class PromptSampler:
-    """Train-split prompts: a category, then one of its prompts uniformly; each drawn prompt is repeated
-    group_size times in a row (one group).
+    """Train prompts of a prompt set (visalign/prompts.py): a category, then one of its prompts uniformly;
+    each drawn prompt is repeated group_size times in a row (one group).
 
     curriculum "uniform": categories uniformly. "variance": categories in proportion to their running
     within-group reward variance (plus a floor), so rollouts go where a group's samples disagree, the only
@@ -92,19 +91,21 @@ class PromptSampler:
     MOMENTUM = 0.7  # weight of the old statistic in the running variance
     FLOOR = 0.1  # every category keeps at least this fraction of the mean weight
 
-    def __init__(self, seed: int, curriculum: str = "uniform", split: str = "train"):
+    def __init__(self, seed: int, curriculum: str = "uniform", prompt_set: PromptSet | None = None):
         self.seed, self.curriculum = seed, curriculum
-        self.prompts = {c: grammar.prompts(c, split) for c in CATEGORIES}
+        prompt_set = prompt_set or load_prompt_set("geneval-s")
+        self.categories = prompt_set.categories
+        self.prompts = dict(prompt_set.train)
         self.category_of = {p: c for c, ps in self.prompts.items() for p in ps}
-        self.spread: dict[str, float | None] = {c: None for c in CATEGORIES}
+        self.spread: dict[str, float | None] = {c: None for c in self.categories}
 
     def weights(self) -> np.ndarray:
         """[n_categories] probabilities of the next draw."""
         if self.curriculum == "uniform":
-            return np.full(len(CATEGORIES), 1 / len(CATEGORIES))
+            return np.full(len(self.categories), 1 / len(self.categories))
         seen = [v for v in self.spread.values() if v is not None]
         top = max(seen) if seen else 1.0
-        w = np.array([top if self.spread[c] is None else self.spread[c] for c in CATEGORIES])  # unseen: as the best
+        w = np.array([top if self.spread[c] is None else self.spread[c] for c in self.categories])  # unseen: as the best
         w = w + self.FLOOR * (w.mean() if w.sum() > 0 else 1.0)
         return w / w.sum()
 
@@ -114,8 +115,8 @@ class PromptSampler:
         w = self.weights()
         prompts = []
         for _ in range(n_groups):
-            ci = rng.integers(len(CATEGORIES)) if self.curriculum == "uniform" else rng.choice(len(CATEGORIES), p=w)
-            cat = CATEGORIES[ci]
+            n = len(self.categories)
+            cat = self.categories[rng.integers(n) if self.curriculum == "uniform" else rng.choice(n, p=w)]
             p = self.prompts[cat][rng.integers(len(self.prompts[cat]))]
             prompts += [p] * group_size
         seeds = [int(s) for s in rng.integers(0, 2**62, size=n_groups * group_size)]
@@ -185,6 +186,8 @@ class Trainer:
         adapter = load_model(recipe.model)
         if not hasattr(adapter, "module"):
             raise ValueError(f"model '{recipe.model}' is not trainable (it has no network); choose a model adapter")
+        if hasattr(adapter, "to"):  # adapters with frozen parts (text encoders, VAE) move them too
+            adapter.to(self.dist.device)
         self.adapter = adapter
         self.module = adapter.module.to(self.dist.device)
         self.sampling = build(policy_class(adapter).Sampling, recipe.sampling, "sampling")
@@ -208,7 +211,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         decay = self.algorithm.old_ema
         self.old = EMAWeights(self.params, decay) if decay is not None else None  # the algorithm's old model
-        self.prompts = PromptSampler(cfg.seed, cfg.curriculum)
+        self.prompt_set = load_prompt_set(recipe.prompts)
+        self.prompts = PromptSampler(cfg.seed, cfg.curriculum, self.prompt_set)
         self.iteration, self.nfe, self.wall, self.bad_updates = 0, 0, 0.0, 0
         self.diag_cos: list[float] = []  # half-split gradient cosines measured so far
 
@@ -377,14 +381,22 @@ class Trainer:
             )
 
     def evaluate(self, it: int) -> dict:
-        """Held-out GenEval-S with the deterministic sampler, on the main process; others wait."""
+        """Held-out prompts with the deterministic sampler, on the main process; others wait. GenEval-S is
+        scored by its verifier, other prompt sets by the run's reward (eval_overall is then its mean)."""
         out = {}
         if self.dist.is_main:
             with self.sw("eval"):
-                gen = PolicyGenerator(self.adapter, self.recipe.eval.steps, self.recipe.eval.guidance)
-                res = evaluate(gen, self.cfg.eval_per_category, self.cfg.eval_seed, return_images=True)
+                gen = PolicyGenerator(self.adapter, self.recipe.eval.steps, self.recipe.eval.guidance,
+                                      validate=self.prompt_set.verifier)
+                if self.prompt_set.verifier:
+                    res = evaluate(gen, self.cfg.eval_per_category, self.cfg.eval_seed, return_images=True)
+                else:
+                    res = evaluate_reward(gen, self.reward, self.prompt_set, self.cfg.eval_per_category,
+                                          self.cfg.eval_seed)
                 self._save_samples(it, res)
-            out = {"eval_overall": res["overall"], "eval_categories": res["categories"], "eval_partial": res["partial"]}
+            out = {"eval_overall": res["overall"], "eval_categories": res["categories"]}
+            if "partial" in res:
+                out["eval_partial"] = res["partial"]
         self.dist.barrier()
         return out
 
@@ -392,7 +404,7 @@ class Trainer:
         """A fixed grid for the report: the first 8 eval images of each category (same prompts and seeds
         at every evaluation)."""
         k = self.cfg.eval_per_category
-        pick = [c * k + i for c in range(len(CATEGORIES)) for i in range(min(8, k))]
+        pick = [c * k + i for c in range(len(res["categories"])) for i in range(min(8, k))]
         save_grid(res["images"][pick], self.run / "samples" / f"iter-{it:06d}.png", cols=min(8, k))
         if it == 0 or not (self.run / "samples" / "prompts.json").exists():
             atomic_write_text(self.run / "samples" / "prompts.json", json.dumps([res["prompts"][i] for i in pick]))

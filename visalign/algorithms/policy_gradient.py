@@ -1,0 +1,86 @@
+"""What the policy-gradient family on the denoising MDP shares (DDPO, DPOK, Flow-GRPO, DanceGRPO): a per-step
+surrogate on the log-prob of each sampled step, an optional KL to the reference policy, and a random subset
+of the stochastic steps per update. Subclasses say how rewards become advantages (and where rollouts are
+stochastic); the loss of a step is written once, here.
+
+estimator "ppo": PPO's clipped importance ratio (DDPO-IS, Flow-GRPO; DESIGN 3.5).
+estimator "sf":  the score function -A log p (REINFORCE, DDPO-SF); unbiased on the first pass over fresh
+                 rollouts only, so use it with train.epochs = 1.
+KL (DPOK; Flow-GRPO's beta): between the step Gaussians of the policy and the reference, in mean space
+(DESIGN 3.1), valid for flow SDE steps and DDIM steps alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError
+from ..math.losses import ppo_clip_loss
+from ..math.sde import flow_kl
+from .base import Algorithm
+
+ESTIMATORS = ("ppo", "sf")
+
+
+@dataclass(frozen=True)
+class PGConfig:
+    clip_range: float = 1e-4  # PPO clip on per-step ratios (DDPO's and Flow-GRPO's default)
+    adv_clip: float = 5.0  # advantages are clipped to +-adv_clip
+    estimator: str = "ppo"  # ppo (clipped importance ratio) | sf (score function)
+    kl_beta: float = 0.0  # weight of the per-step KL to the reference policy
+    timestep_fraction: float = 1.0  # share of the stochastic steps trained per update (DDPO, DanceGRPO)
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"algorithm_options.estimator '{self.estimator}' is not one of {', '.join(ESTIMATORS)}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ConfigError(f"algorithm_options.timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if self.clip_range <= 0 or self.kl_beta < 0:
+            raise ConfigError(f"algorithm_options.clip_range must be > 0 and kl_beta >= 0, got {self.clip_range}, "
+                              f"{self.kl_beta}")
+
+
+def score_function_loss(log_prob: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """REINFORCE (Williams, 1992) per sample: -A log p. log_prob, advantages [B] -> [B]"""
+    return -advantages * log_prob
+
+
+class PolicyGradient(Algorithm):
+    needs_log_prob = True
+
+    def train_steps(self, traj, gen):
+        steps = super().train_steps(traj, gen)
+        k = max(1, math.ceil(self.config.timestep_fraction * len(steps)))
+        if k == len(steps):
+            return steps
+        pick = torch.randperm(len(steps), generator=gen)[:k]
+        return sorted(steps[i] for i in pick.tolist())
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.config.kl_beta > 0
+
+    def _surrogate(self, lp, traj, advantages, step):
+        """-> (loss [B], ratio [B])"""
+        old = traj.log_probs[:, step]  # [B]
+        if self.config.estimator == "sf":
+            return score_function_loss(lp.log_prob, advantages), torch.exp(lp.log_prob.detach() - old)
+        return ppo_clip_loss(lp.log_prob, old, advantages, self.config.clip_range)
+
+    def signal_loss(self, policy, traj, advantages, step, old=None):
+        return self._surrogate(policy.log_prob(traj, step), traj, advantages, step)[0].mean()
+
+    def step_loss(self, policy, traj, advantages, step, reference, old=None):
+        lp = policy.log_prob(traj, step)
+        loss, ratio = self._surrogate(lp, traj, advantages, step)  # [B], [B]
+        dev = (ratio.detach() - 1).abs()
+        metrics = {"ratio_dev": dev.max().item(), "clip_frac": (dev > self.config.clip_range).float().mean().item()}
+        if self.uses_reference:
+            ref = reference(traj, step)
+            kl = flow_kl(lp.mean, ref.mean, lp.std)  # [B]
+            loss = loss + self.config.kl_beta * kl
+            metrics["kl"] = kl.detach().mean().item()
+        return loss.mean(), metrics

@@ -1,0 +1,72 @@
+"""Prompt sets a run trains and evaluates on: `geneval-s` (the six categories of the shapes world, train and
+held-out splits; evaluated by the exact verifier), `animals` (DDPO's kind of prompt set: common animal
+names, for rewards that judge the image alone, e.g. compressibility), or `file:PATH` (one prompt a line).
+
+A set has categories, each with train prompts and held-out eval prompts; runs on a set other than
+geneval-s are evaluated by the mean of the training reward on the eval prompts (deterministic sampler).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+# Common animals (our list, in the spirit of DDPO's "simple animals" prompts)
+ANIMALS = (
+    "cat dog horse cow sheep goat pig rabbit fox wolf bear lion tiger leopard cheetah zebra giraffe elephant "
+    "rhinoceros hippopotamus camel deer moose kangaroo koala panda monkey gorilla squirrel hedgehog otter beaver "
+    "raccoon owl eagle parrot penguin flamingo swan duck chicken turkey frog turtle snake lizard crocodile shark "
+    "dolphin whale octopus crab butterfly bee ladybug snail"
+).split()
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    train: dict[str, list[str]]  # category -> train prompts
+    eval: dict[str, list[str]]  # category -> held-out prompts
+    verifier: bool = False  # evaluated by the GenEval-S verifier (else by the run's reward)
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.train)
+
+    def eval_items(self, per_category: int, seed: int) -> list[tuple[str, str, int]]:
+        """[(category, prompt, seed)] in a fixed order: item i of category c is eval prompt i mod n_c with seed
+        seed * 1_000_000 + 10_000 c + i (for geneval-s, exactly visalign.evaluate's items)."""
+        return [(cat, ps[i % len(ps)], seed * 1_000_000 + 10_000 * ci + i)
+                for ci, (cat, ps) in enumerate(self.eval.items()) for i in range(per_category)]
+
+
+def _split(prompts: list[str], name: str) -> tuple[list[str], list[str]]:
+    """A quarter of the prompts (at least one) held out, chosen with a fixed seed; a single prompt is both."""
+    if len(prompts) == 1:
+        return prompts, prompts
+    shuffled = sorted(dict.fromkeys(prompts))
+    random.Random(f"visalign-prompts:{name}").shuffle(shuffled)
+    n_eval = max(1, round(0.25 * len(shuffled)))
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def load_prompt_set(spec: str) -> PromptSet:
+    """'geneval-s' | 'animals' | 'file:PATH' -> PromptSet (ValueError naming the accepted forms)."""
+    if spec == "geneval-s":
+        from .world import grammar
+        from .world.vocab import CATEGORIES
+
+        return PromptSet("geneval-s", {c: grammar.prompts(c, "train") for c in CATEGORIES},
+                         {c: grammar.prompts(c, "eval") for c in CATEGORIES}, verifier=True)
+    if spec == "animals":
+        train, held = _split([f"a {a}" for a in ANIMALS], spec)
+        return PromptSet(spec, {"animals": train}, {"animals": held})
+    if spec.startswith("file:"):
+        path = Path(spec[5:])
+        if not path.is_file():
+            raise ValueError(f"prompt file {path} does not exist; give file:PATH to a text file with one prompt a line")
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise ValueError(f"prompt file {path} holds no prompts (one prompt a line)")
+        train, held = _split(lines, spec)
+        return PromptSet(spec, {path.stem: train}, {path.stem: held})
+    raise ValueError(f"unknown prompt set '{spec}'; accepted: geneval-s, animals, file:PATH")
