@@ -31,3 +31,9 @@ def tiny_flow_model():
 def tiny_ddpm_model():
     """A randomly initialised built-in epsilon-prediction model at 16x16."""
     return _tiny_model("epsilon")
+
+
+@pytest.fixture
+def tiny_vpred_model():
+    """A randomly initialised built-in v-prediction model at 16x16 (builtin:shapes-ddpm's kind)."""
+    return _tiny_model("v_prediction")

@@ -43,9 +43,11 @@ def test_bad_input_is_one_line_on_stderr(argv, needle, capsys):
     assert needle in err and "\n" not in err and "Traceback" not in err
 
 
-def test_pretrain_runs_end_to_end_tiny(tmp_path):
+@pytest.mark.parametrize("recipe", ["shapes-flow-pretrain", "shapes-ddpm-pretrain"])
+def test_pretrain_runs_end_to_end_tiny(tmp_path, recipe):
+    """Both bundled families come from the same command; the saved folder loads as its family's model."""
     out = tmp_path / "m"
-    code = main(["pretrain", "shapes-flow-pretrain", "train.steps=2", "train.batch_size=4", "model.resolution=16",
+    code = main(["pretrain", recipe, "train.steps=2", "train.batch_size=4", "model.resolution=16",
                  "model.channels=[8, 16]", "model.attention=[false, true]", "model.text_dim=16", "--out", str(out)])
     assert code == 0 and (out / "model.safetensors").is_file()
     assert main(["eval", "--model", f"{out}?steps=2", "--per-category", "1"]) == 0

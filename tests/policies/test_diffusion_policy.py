@@ -13,8 +13,11 @@ PROMPTS = ["a red circle", "three stars", "a circle left of a square"]
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 @pytest.mark.parametrize("eta", [1.0, 0.5])
-def test_ratio_is_one_right_after_sampling(tiny_ddpm_model, guidance, eta):
-    policy = make_policy(ShapesDiffusionAdapter(tiny_ddpm_model))
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_ratio_is_one_right_after_sampling(tiny_ddpm_model, tiny_vpred_model, guidance, eta, prediction):
+    model = tiny_ddpm_model if prediction == "epsilon" else tiny_vpred_model
+    policy = make_policy(ShapesDiffusionAdapter(model))
+    assert policy.adapter.prediction_type == prediction
     assert isinstance(policy, DiffusionPolicy)
     traj = policy.sample(PROMPTS, [1, 2, 3], DiffusionSampling(steps=4, guidance_scale=guidance, eta=eta))
     assert traj.log_probs.shape == (3, 4) and traj.states.shape == (3, 5, 3, 16, 16)
@@ -77,5 +80,5 @@ def test_bad_sampling_options_are_one_line_errors(tiny_flow_model):
         DiffusionSampling(kind="flow")
     with pytest.raises(ValueError, match="use kind ode for eta = 0"):
         DiffusionSampling(eta=0.0)
-    with pytest.raises(ValueError, match="needs a epsilon model|needs an? epsilon model"):
+    with pytest.raises(ValueError, match="needs a epsilon or v_prediction model, this one predicts velocity"):
         ShapesDiffusionAdapter(tiny_flow_model)

@@ -1,8 +1,9 @@
 """The built-in shapes-world generators: our tokenizer + text encoder + UNet, stored as a JSON config and a
 safetensors file, loaded with `ShapesModel.from_pretrained(path)`.
 
-`prediction` says what the network predicts: "velocity" (rectified flow, builtin:shapes-flow) or
-"epsilon" (DDPM). The network works on images in [-1, 1], [B, 3, H, W], with no autoencoder.
+`prediction` says what the network predicts: "velocity" (rectified flow, builtin:shapes-flow), or, for a
+DDPM on the cosine schedule, "epsilon" or "v_prediction" (v = sqrt(ab) eps - sqrt(1 - ab) x0, Salimans & Ho,
+2022; builtin:shapes-ddpm). The network works on images in [-1, 1], [B, 3, H, W], with no autoencoder.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .unet import UNet
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-PREDICTIONS = ("velocity", "epsilon")
+PREDICTIONS = ("velocity", "epsilon", "v_prediction")
 
 
 class CheckpointError(RuntimeError):
@@ -159,12 +160,12 @@ def _atomic(target: Path, write) -> None:
 class _ShapesAdapter:
     """A built-in model as a policy adapter: pixel space, so decode is a clamp."""
 
-    prediction = "velocity"
+    predictions: tuple[str, ...] = ("velocity",)  # what the model may predict for this adapter
 
     def __init__(self, model: ShapesModel):
-        if model.config.prediction != self.prediction:
-            raise ValueError(f"a {self.family} adapter needs a {self.prediction} model, this one predicts "
-                             f"{model.config.prediction}")
+        if model.config.prediction not in self.predictions:
+            raise ValueError(f"a {self.family} adapter needs a {' or '.join(self.predictions)} model, this one "
+                             f"predicts {model.config.prediction}")
         self.model = model
         r = model.config.resolution
         self.latent_shape = (3, r, r)
@@ -190,17 +191,20 @@ class ShapesFlowAdapter(_ShapesAdapter):
     """builtin:shapes-flow for FlowPolicy: predict(x, sigma, cond) is the velocity."""
 
     family = "flow"
-    prediction = "velocity"
+    predictions = ("velocity",)
 
 
 class ShapesDiffusionAdapter(_ShapesAdapter):
-    """builtin:shapes-ddpm for DiffusionPolicy: predict(x, t, cond) is epsilon at continuous time t in [0, 1]
-    of the cosine schedule (math/schedules.py), the time the model was pretrained on."""
+    """builtin:shapes-ddpm for DiffusionPolicy: predict(x, t, cond) is epsilon or v at continuous time t in
+    [0, 1] of the cosine schedule (math/schedules.py), the time the model was pretrained on."""
 
     family = "diffusion"
-    prediction = "epsilon"
-    prediction_type = "epsilon"
+    predictions = ("epsilon", "v_prediction")
     clip_sample = 1.0  # pixel space: the clean image lies in [-1, 1]
+
+    @property
+    def prediction_type(self) -> str:
+        return self.model.config.prediction
 
     def schedule(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (timesteps [T] the network's time at each step, alpha_bars [T+1] of every state, last = 1)."""
