@@ -140,6 +140,13 @@ def cmd_report(args) -> None:
     print(f"report: {write_report(args.run)}")
 
 
+def cmd_export(args) -> None:
+    from .models.export import export_run
+
+    out = export_run(args.run, args.format, args.out)
+    print(f"wrote {args.format} export of {args.run} to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visalign", description="RL fine-tuning of visual generative models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write RUN/report.html")
     rp.add_argument("run")
     rp.set_defaults(fn=cmd_report)
+
+    x = sub.add_parser("export", help="export a run's weights: diffusers LoRA or a merged model")
+    x.add_argument("run")
+    x.add_argument("--format", required=True, help="diffusers-lora | merged")
+    x.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    x.set_defaults(fn=cmd_export)
 
     t = sub.add_parser("pretrain", help="pretrain a built-in model from a recipe")
     t.add_argument("recipe")

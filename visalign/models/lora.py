@@ -8,22 +8,50 @@ from contextlib import contextmanager
 import torch.nn as nn
 
 
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def _short(name: str) -> str:
+    """The short name of a module path: its last component, or the last two when the last is an index
+    (diffusers' `to_out.0`)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+
+
 def _candidates(module: nn.Module) -> list[str]:
     """Short names of the Linear/Conv layers a LoRA could target."""
-    short = {n.split(".")[-1] for n, m in module.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n}
-    return sorted(s for s in short if not s.isdigit())
+    return sorted({_short(n) for n, m in module.named_modules() if isinstance(m, _LAYERS) and n})
+
+
+def resolve_targets(module: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """Full module paths that `targets` name: a target matches every module whose path is it or ends with
+    '.' + it (`to_q`, `attn1.to_q`, diffusers' `to_out.0`). A matched container (diffusers' `to_out`, a
+    ModuleList holding the output Linear and a Dropout) stands for the Linear/Conv layers directly in it.
+    Raises ValueError naming the short names that do exist when a target matches nothing."""
+    modules = dict(module.named_modules())
+    found, missing = [], []
+    for t in targets:
+        hits = [n for n in modules if n and (n == t or n.endswith("." + t))]
+        if not hits:
+            missing.append(t)
+        for n in hits:
+            m = modules[n]
+            if isinstance(m, _LAYERS) or not isinstance(m, (nn.ModuleList, nn.Sequential)):
+                found.append(n)
+            else:
+                found += [f"{n}.{c}" for c, child in m.named_children() if isinstance(child, _LAYERS)]
+    if missing:
+        raise ValueError(f"LoRA targets {missing} are not modules of this model; it has: {', '.join(_candidates(module))}")
+    return list(dict.fromkeys(found))
 
 
 def add_lora(module: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> list[nn.Parameter]:
-    """Inject LoRA layers into every module whose name ends with one of `targets`; freeze the rest.
-    -> the trainable (LoRA) parameters."""
+    """Inject LoRA layers into every module whose path ends with one of `targets` (see resolve_targets);
+    freeze the rest. -> the trainable (LoRA) parameters."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    names = {n.split(".")[-1] for n, _ in module.named_modules()}
-    missing = [t for t in targets if t not in names]
-    if missing:
-        raise ValueError(f"LoRA targets {missing} are not modules of this model; it has: {', '.join(_candidates(module))}")
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets)), module)
+    paths = resolve_targets(module, tuple(targets))
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=paths), module)
     params = []
     for n, p in module.named_parameters():
         p.requires_grad_("lora_" in n)
@@ -66,3 +94,19 @@ def adapters_disabled(module: nn.Module):
     finally:
         for m in layers:
             m.enable_adapters(True)
+
+
+def merge_lora(module: nn.Module) -> nn.Module:
+    """Fold every LoRA layer into its base weights (W + alpha/r B A) and put the plain base layer back in its
+    place, in place. -> the module, now without LoRA layers (its state_dict has the base model's keys)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    named = [(n, m) for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in named:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, layer.get_base_layer())
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    return module

@@ -82,6 +82,17 @@ def _shapes_ddpm(path: str | None = None):
     return ShapesDiffusionAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-ddpm"))
 
 
+DIFFUSERS_PREFIX = "diffusers:"
+
+
+@MODELS.register(DIFFUSERS_PREFIX + "<path-or-hub-id>", "a diffusers SD1.5/SDXL/SD3/FLUX pipeline, local dir or cached "
+                 "hub id, loaded offline (options: dtype, resolution, flux_guidance, max_sequence_length)")
+def _diffusers(path: str, **opts):
+    from .diffusers_adapter import load_diffusers
+
+    return load_diffusers(path, **opts)
+
+
 def _typed(value: str):
     try:
         return yaml.safe_load(value)
@@ -98,7 +109,10 @@ def load_model(spec: str):
     """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
     for the oracle). A directory path loads a built-in model saved with save_pretrained."""
     name, opts = _split(spec)
-    if name not in MODELS and Path(name).is_dir():
+    if name.startswith(DIFFUSERS_PREFIX):  # a prefix: everything after it is the path or hub id
+        opts["path"] = name[len(DIFFUSERS_PREFIX):]
+        name = DIFFUSERS_PREFIX + "<path-or-hub-id>"
+    elif name not in MODELS and Path(name).is_dir():
         return builtin_adapter(ShapesModel.from_pretrained(name, **opts))
     factory = MODELS.get(name)
     try:

@@ -1,0 +1,140 @@
+"""Export a trained run for use outside visalign: `visalign export RUN --format diffusers-lora|merged --out DIR`.
+
+  diffusers-lora  the run's LoRA in diffusers' LoRA format (pytorch_lora_weights.safetensors, peft keys
+                  under `unet.` / `transformer.`, written with the pipeline class's save_lora_weights), so
+                  plain diffusers `pipe.load_lora_weights(DIR)` loads it. The LoRA scale alpha / rank is folded into the B matrices, because a diffusers
+                  LoRA file without alpha entries loads with alpha = rank (scale 1) in every loader.
+  merged          the whole model with the LoRA folded into its weights (or a full fine-tune's weights):
+                  a diffusers pipeline directory (`from_pretrained(DIR)`), or for a built-in model a
+                  ShapesModel directory (`load_model(DIR)`).
+
+The model is rebuilt from the run's recipe.json (`model` spec, `train.finetune`, `train.lora_*`), LoRA is
+injected exactly as the trainer does, and the latest checkpoint's weights are loaded. Everything is written
+to a temp folder next to DIR and renamed at the end; an existing non-empty DIR is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+FORMATS = ("diffusers-lora", "merged")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"output {out} already exists and is not an empty folder; choose another --out or remove it")
+
+
+def _read_recipe(run: Path) -> dict:
+    path = run / "recipe.json"
+    if not run.is_dir():
+        raise ValueError(f"cannot export {run}: no such run folder")
+    if not path.is_file():
+        raise ValueError(f"cannot export {run}: it has no recipe.json (not a run folder made by `visalign train`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cannot export {run}: recipe.json is not valid JSON ({e})") from None
+
+
+def _load_weights(run: Path) -> dict:
+    from ..trainer.checkpoint import ResumeError, load_checkpoint, rng_state, set_rng_state
+
+    if not (run / "checkpoints" / "latest").is_file():
+        raise ValueError(f"cannot export {run}: it has no checkpoint yet (checkpoints/latest is missing)")
+    saved = rng_state()  # load_checkpoint restores the run's RNG states; exporting must not change ours
+    try:
+        weights, _, _ = load_checkpoint(run)
+    except ResumeError as e:
+        raise ValueError(str(e).replace("cannot resume", "cannot export")) from None
+    finally:
+        set_rng_state(saved)
+    return weights
+
+
+def _export_spec(spec: str) -> str:
+    """The recipe's model spec, loaded in float32 for a diffusers model (a merge in bf16 would round)."""
+    from .registry import DIFFUSERS_PREFIX, _split
+
+    name, opts = _split(spec)
+    if not name.startswith(DIFFUSERS_PREFIX):
+        return spec
+    opts["dtype"] = "float32"
+    return name + "?" + "&".join(f"{k}={v}" for k, v in opts.items())
+
+
+def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike) -> Path:
+    """Export the latest checkpoint of run `run_dir` as `fmt` (diffusers-lora | merged) into `out_dir`."""
+    from . import lora
+    from .builtin import ShapesModel
+    from .registry import DIFFUSERS_PREFIX, load_model
+
+    if fmt not in FORMATS:
+        raise ValueError(f"export format '{fmt}' is not accepted; accepted: {', '.join(FORMATS)}")
+    run, out = Path(run_dir), Path(out_dir)
+    _check_out(out)
+    recipe = _read_recipe(run)
+    spec = str(recipe.get("model", ""))
+    train = recipe.get("train", {})
+    finetune = train.get("finetune", "lora")
+    is_diffusers = spec.startswith(DIFFUSERS_PREFIX)
+    if fmt == "diffusers-lora" and not is_diffusers:
+        raise ValueError(f"--format diffusers-lora needs a diffusers model (diffusers:<path-or-hub-id>); run {run} "
+                         f"trained '{spec}': export it with --format merged")
+    if fmt == "diffusers-lora" and finetune != "lora":
+        raise ValueError(f"--format diffusers-lora needs a LoRA run; run {run} is a full fine-tune (train.finetune="
+                         f"{finetune}), which has no LoRA: export it with --format merged")
+    weights = _load_weights(run)
+
+    adapter = load_model(_export_spec(spec))
+    module = getattr(adapter, "module", None)
+    if module is None:
+        raise ValueError(f"cannot export {run}: model '{spec}' has no trainable network")
+    if finetune == "lora":
+        rank, alpha = int(train["lora_rank"]), float(train["lora_alpha"])
+        lora.add_lora(module, rank, alpha, tuple(train["lora_targets"]))
+        lora.load_lora_state_dict(module, weights)
+    else:
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"cannot export {run}: its weights do not fit '{spec}' (first missing keys "
+                             f"{sorted(missing)[:3]}, first unexpected keys {sorted(unexpected)[:3]})")
+    if fmt == "merged" and not (is_diffusers or isinstance(module, ShapesModel)):
+        raise ValueError(f"--format merged supports built-in and diffusers models; '{spec}' is neither")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        if fmt == "diffusers-lora":
+            _write_diffusers_lora(adapter, module, rank, alpha, tmp)
+        else:
+            if finetune == "lora":
+                lora.merge_lora(module)
+            (adapter.pipe if is_diffusers else module).save_pretrained(tmp)
+        _check_out(out)
+        os.replace(tmp, out)  # onto a missing or empty folder
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_diffusers_lora(adapter, module, rank: int, alpha: float, out: Path) -> None:
+    """The peft LoRA state dict (get_peft_model_state_dict: `<module path>.lora_A.weight` / `.lora_B.weight`,
+    the format diffusers itself writes from a peft-injected model), alpha / rank folded into the B matrices,
+    written by the pipeline class's save_lora_weights (UNet LoRA for SD/SDXL, transformer LoRA for SD3/FLUX).
+
+    diffusers' convert_state_dict_to_diffusers is not applied: it renames only attention projections
+    (to_q/k/v/out.0 -> lora.down/up), and a LoRA on other layers too would come out half renamed, a mix that
+    load_lora_weights loads only partly (measured: the attention LoRA layers were dropped)."""
+    from . import lora
+
+    scale = alpha / rank
+    state = {k: (v * scale if ".lora_B." in k else v).detach().contiguous().cpu()
+             for k, v in lora.lora_state_dict(module).items()}
+    key = "unet_lora_layers" if adapter.family == "diffusion" else "transformer_lora_layers"
+    type(adapter.pipe).save_lora_weights(str(out), safe_serialization=True, **{key: state})
