@@ -110,9 +110,9 @@ def ensure_trl_venv(venv: Path) -> Path:
     return py
 
 
-def ensure_pipeline(path: Path, threads: int) -> None:
-    if (path / "model_index.json").is_file():
-        return
+def write_pipeline(path: Path, threads: int) -> None:
+    """Write the tiny pipeline afresh every run (a few seconds), so it always follows tiny_diffusers.py."""
+    shutil.rmtree(path, ignore_errors=True)
     log(f"writing the tiny sd15 pipeline to {path}")
     subprocess.run([sys.executable, "-m", "visalign.models.tiny_diffusers", "sd15", str(path)], check=True,
                    env=thread_env(threads), stdout=subprocess.DEVNULL)
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir.resolve()
     (work / "runs").mkdir(parents=True, exist_ok=True)
     pipe_dir = work / "tiny-sd15"
-    ensure_pipeline(pipe_dir, args.threads)
+    write_pipeline(pipe_dir, args.threads)
     sides = [s for s in ("visalign", "trl") if args.only in (None, s)]
     py = ensure_trl_venv(work / "trl-venv") if "trl" in sides else None
     rounds: dict[str, list[dict]] = {s: [] for s in sides}
