@@ -82,3 +82,31 @@ def test_bad_sampling_options_are_one_line_errors(tiny_flow_model):
         DiffusionSampling(eta=0.0)
     with pytest.raises(ValueError, match="needs a epsilon or v_prediction model, this one predicts velocity"):
         ShapesDiffusionAdapter(tiny_flow_model)
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_several_steps_in_one_forward_equal_one_at_a_time(tiny_flow_model, tiny_vpred_model, family):
+    """log_prob(traj, [steps]) batches B x K rows through the network (train.step_chunk) and must equal
+    scoring each step alone, values and gradients."""
+    from visalign.models.builtin import ShapesFlowAdapter
+    from visalign.policies import FlowSampling
+
+    if family == "flow":
+        policy, s = make_policy(ShapesFlowAdapter(tiny_flow_model)), FlowSampling(steps=3, kind="flow", guidance_scale=2.0)
+    else:
+        policy, s = make_policy(ShapesDiffusionAdapter(tiny_vpred_model)), DiffusionSampling(steps=4, guidance_scale=2.0)
+    model = policy.adapter.module
+    traj = policy.sample(PROMPTS, [1, 2, 3], s)
+    steps = [0, 1, 2]
+    joint = policy.log_prob(traj, steps)
+    assert joint.log_prob.shape == (3, 3) and joint.mean.shape == (3, 3, 3, 16, 16) and joint.std.shape == (3, 3, 1, 1, 1)
+    torch.testing.assert_close(joint.log_prob.detach(), traj.log_probs[:, steps], atol=1e-5, rtol=0)
+    joint.log_prob.sum().backward()
+    g_joint = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    sum(policy.log_prob(traj, i).log_prob.sum() for i in steps).backward()
+    for a, p in zip(g_joint, model.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-4, rtol=1e-4)
+    if family == "diffusion":  # its last step lands on alpha_bar = 1 and is deterministic
+        with pytest.raises(ValueError, match="mix stochastic and deterministic steps"):
+            policy.log_prob(traj, [2, 3])

@@ -52,8 +52,14 @@ class _Policy:
         return StepLogProb(self.theta, self.mean, torch.ones(len(self.theta), 1))
 
 
-def _traj(old):
-    return types.SimpleNamespace(log_probs=old[:, None], stochastic=torch.tensor([True]))
+class _traj(types.SimpleNamespace):
+    """A one-step trajectory stand-in: the rollout log-probs `old` [B]."""
+
+    def __init__(self, old):
+        super().__init__(log_probs=old[:, None], stochastic=torch.tensor([True]))
+
+    def __len__(self):
+        return len(self.log_probs)
 
 
 @pytest.mark.parametrize("estimator", ["ppo", "sf"])

@@ -13,7 +13,7 @@ from ..types import StepLogProb, Trajectory
 
 ALGORITHMS = Registry("algorithm")
 
-# reference(traj, step) -> StepLogProb under the frozen reference policy (no grad)
+# reference(traj, steps) -> StepLogProb under the frozen reference policy (no grad)
 ReferenceFn = Callable[[Trajectory, int], StepLogProb]
 
 
@@ -53,13 +53,14 @@ class Algorithm:
 
         return split_windows([int(i) for i in torch.nonzero(traj.stochastic).flatten()])
 
-    def step_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, step: int,
+    def step_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, steps: list[int],
                   reference: ReferenceFn | None, old=None) -> tuple[torch.Tensor, dict]:
-        """Loss of one trained step (a mean over samples) and its metrics. `old` is a context manager
-        under which the policy computes with the old weights (only when `old_ema` is not None)."""
+        """Loss of a chunk of trained steps (of train_steps; one network forward for all of them), a mean over
+        samples and steps, and its metrics. `old` is a context manager under which the policy computes with
+        the old weights (only when `old_ema` is not None)."""
         raise NotImplementedError
 
-    def signal_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, step: int, old=None) -> torch.Tensor:
+    def signal_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, steps: list[int], old=None) -> torch.Tensor:
         """The reward-driven part of step_loss, what the signal diagnostic compares across disjoint rollouts:
         terms that do not depend on the rewards (a KL to the reference, NFT's pull towards the old model)
         would look like shared signal without being any."""

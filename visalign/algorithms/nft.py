@@ -73,19 +73,23 @@ class NFT(Algorithm):
     def uses_reference(self) -> bool:
         return self.config.kl_beta > 0
 
-    def _velocities(self, policy, traj, step, old, reference=None):
-        """-> (v, v_old, target, v_ref or None) at fresh x_t of the draw `step`."""
+    def _velocities(self, policy, traj, draws, old, reference=None):
+        """-> (v, v_old, target, v_ref or None) at fresh x_t of each draw id in `draws` (an int or a list of K),
+        all in one forward of K x B rows (draw-major)."""
         if old is None:
             raise ConfigError("nft needs the old model; the trainer provides it when algorithm.old_ema is set")
-        x_t, t, target = policy.noised_sample(traj, step)  # [B, C, H, W], [B], [B, C, H, W]
+        draws = [draws] if isinstance(draws, int) else list(draws)
+        parts = [policy.noised_sample(traj, d) for d in draws]  # each: [B, C, H, W], [B], [B, C, H, W]
+        x_t, t, target = (torch.cat([p[i] for p in parts]) for i in range(3))  # [K*B, ...]
+        prompts = traj.prompts * len(draws)
         with torch.no_grad(), old():  # first: swapping the weights in place must precede the graph of v
-            v_old = policy.predict(x_t, t, traj.prompts)
-        v_ref = reference.predict(x_t, t, traj.prompts) if reference is not None else None
-        return policy.predict(x_t, t, traj.prompts), v_old, target, v_ref
+            v_old = policy.predict(x_t, t, prompts)
+        v_ref = reference.predict(x_t, t, prompts) if reference is not None else None
+        return policy.predict(x_t, t, prompts), v_old, target, v_ref
 
     def step_loss(self, policy, traj, advantages, step, reference, old=None):
         v, v_old, target, v_ref = self._velocities(policy, traj, step, old, reference if self.uses_reference else None)
-        r = nft_optimality(advantages, self.config.adv_scale)  # [B]
+        r = nft_optimality(advantages, self.config.adv_scale).repeat(v.shape[0] // len(traj))  # [K*B]
         loss = nft_loss(v, v_old, target, r, self.config.beta)  # [B]
         metrics = {"nft_r_mean": float(r.mean()), "nft_v_drift": float(((v.detach() - v_old) ** 2).mean())}
         if v_ref is not None:
@@ -97,5 +101,5 @@ class NFT(Algorithm):
     def signal_loss(self, policy, traj, advantages, step, old=None):
         """Without the reward-independent pull towards the old model (math/losses.py: nft_reward_term)."""
         v, v_old, target, _ = self._velocities(policy, traj, step, old)
-        r = nft_optimality(advantages, self.config.adv_scale)  # [B]
+        r = nft_optimality(advantages, self.config.adv_scale).repeat(v.shape[0] // len(traj))  # [K*B]
         return nft_reward_term(v, v_old, target, r, self.config.beta).mean()

@@ -63,24 +63,26 @@ class PolicyGradient(Algorithm):
     def uses_reference(self) -> bool:
         return self.config.kl_beta > 0
 
-    def _surrogate(self, lp, traj, advantages, step):
-        """-> (loss [B], ratio [B])"""
-        old = traj.log_probs[:, step]  # [B]
+    def _surrogate(self, lp, traj, advantages, steps):
+        """-> (loss, ratio), both [B] for one step or [B, K] for a list of K steps."""
+        old = traj.log_probs[:, steps]  # [B] or [B, K]
+        adv = advantages.view(-1, *([1] * (old.dim() - 1)))  # [B] or [B, 1]
         if self.config.estimator == "sf":
-            return score_function_loss(lp.log_prob, advantages), torch.exp(lp.log_prob.detach() - old)
-        return ppo_clip_loss(lp.log_prob, old, advantages, self.config.clip_range)
+            return score_function_loss(lp.log_prob, adv), torch.exp(lp.log_prob.detach() - old)
+        return ppo_clip_loss(lp.log_prob, old, adv, self.config.clip_range)
 
-    def signal_loss(self, policy, traj, advantages, step, old=None):
-        return self._surrogate(policy.log_prob(traj, step), traj, advantages, step)[0].mean()
+    def signal_loss(self, policy, traj, advantages, steps, old=None):
+        return self._surrogate(policy.log_prob(traj, steps), traj, advantages, steps)[0].mean()
 
-    def step_loss(self, policy, traj, advantages, step, reference, old=None):
-        lp = policy.log_prob(traj, step)
-        loss, ratio = self._surrogate(lp, traj, advantages, step)  # [B], [B]
+    def step_loss(self, policy, traj, advantages, steps, reference, old=None):
+        lp = policy.log_prob(traj, steps)  # all the steps in one forward
+        loss, ratio = self._surrogate(lp, traj, advantages, steps)  # [B, K]
+        loss = loss.view(len(traj), -1).mean(1)  # [B], the mean over the steps
         dev = (ratio.detach() - 1).abs()
         metrics = {"ratio_dev": dev.max().item(), "clip_frac": (dev > self.config.clip_range).float().mean().item()}
         if self.uses_reference:
-            ref = reference(traj, step)
-            kl = flow_kl(lp.mean, ref.mean, lp.std)  # [B]
+            ref = reference(traj, steps)
+            kl = flow_kl(lp.mean, ref.mean, lp.std)  # [B], the mean over the steps
             loss = loss + self.config.kl_beta * kl
             metrics["kl"] = kl.detach().mean().item()
         return loss.mean(), metrics

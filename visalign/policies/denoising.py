@@ -79,18 +79,23 @@ class DenoisingPolicy:
 
     def guided(self, x, t, cond, uncond, guidance_scale: float) -> torch.Tensor:
         """p = p_u + w (p_c - p_u) in fp32. x [B, ...]; t [B]. The unconditional branch never carries
-        gradients (Flow-GRPO and DDPO detach it), and sampling and scoring run the very same two forwards,
-        so their numbers agree to the bit."""
-        p_c = self.adapter.predict(x, t, cond).float()
+        gradients (Flow-GRPO detaches it); without gradients at all (sampling) both branches run as one
+        batch of 2B, which is faster than two calls of B."""
         if guidance_scale == 1.0 or uncond is None:
-            return p_c
-        with torch.no_grad():
-            p_u = self.adapter.predict(x, t, uncond).float()
+            return self.adapter.predict(x, t, cond).float()
+        if not torch.is_grad_enabled():
+            both = self.adapter.predict(torch.cat([x, x]), torch.cat([t, t]), type(cond).cat([cond, uncond])).float()
+            p_c, p_u = both.chunk(2)
+        else:
+            p_c = self.adapter.predict(x, t, cond).float()
+            with torch.no_grad():
+                p_u = self.adapter.predict(x, t, uncond).float()
         return p_u + guidance_scale * (p_c - p_u)
 
     def _step(self, x, i, sched, cond, uncond, s, stochastic: bool, noise=None, prev_sample=None) -> StepOutput:
-        """The one step function: forward + CFG + the step math, for step i."""
-        pred = self.guided(x, self.model_time(sched, i).expand(x.shape[0]), cond, uncond, s.guidance_scale)
+        """The one step function: forward + CFG + the step math. x [R, ...]; i [R] long, the step index of each
+        row (rows may sit at different steps: log_prob scores several steps of a chain in one forward)."""
+        pred = self.guided(x, self.model_time(sched, i), cond, uncond, s.guidance_scale)
         return self._step_math(x, i, pred, sched, s, stochastic, noise, prev_sample)
 
     def conditions(self, prompts: list[str], guidance_scale: float):
@@ -118,7 +123,8 @@ class DenoisingPolicy:
         x = noise[:, 0]
         states, log_probs = [x], []
         for i in range(s.steps):
-            out = self._step(x, i, sched, cond, uncond, s, bool(mask[i]), noise=noise[:, i + 1])
+            step = torch.full((len(prompts),), i, dtype=torch.long)
+            out = self._step(x, step, sched, cond, uncond, s, bool(mask[i]), noise=noise[:, i + 1])
             x = out.prev_sample
             states.append(x)
             log_probs.append(out.log_prob)
@@ -127,13 +133,26 @@ class DenoisingPolicy:
             sigmas=sched["sigmas"], stochastic=mask, images=self.adapter.decode(x), extras={"sampling": s},
         )
 
-    def log_prob(self, traj: Trajectory, step: int, sampling=None) -> StepLogProb:
-        """Recompute step `step` of traj under the current parameters (gradients flow)."""
+    def log_prob(self, traj: Trajectory, steps: int | list[int], sampling=None) -> StepLogProb:
+        """Recompute the steps `steps` of traj under the current parameters (gradients flow), all in one
+        forward of B x K rows. An int step gives log_prob [B], mean [B, ...]; a list of K steps gives
+        log_prob [B, K], mean [B, K, ...], std [B, K, 1, ...]. The steps must all be stochastic or all not."""
         s = sampling or traj.extras.get("sampling", self.sampling)
+        ks = [steps] if isinstance(steps, int) else [int(k) for k in steps]
+        flags = {bool(traj.stochastic[k]) for k in ks}
+        if len(flags) != 1:
+            raise ValueError(f"steps {ks} mix stochastic and deterministic steps; score them apart")
+        b, k = len(traj), len(ks)
+        idx = torch.tensor(ks)
+        rows = torch.arange(b).repeat_interleave(k)  # [B*K] the sample of each row (row = b * K + j)
         cond, uncond = self.conditions(traj.prompts, s.guidance_scale)
-        out = self._step(traj.states[:, step], step, self.schedule(s), cond, uncond, s, bool(traj.stochastic[step]),
-                         prev_sample=traj.states[:, step + 1])
-        return StepLogProb(out.log_prob, out.mean, out.std)
+        cond, uncond = cond[rows], (uncond[rows] if uncond is not None else None)
+        out = self._step(traj.states[:, idx].flatten(0, 1), idx.repeat(b), self.schedule(s), cond, uncond, s,
+                         flags.pop(), prev_sample=traj.states[:, idx + 1].flatten(0, 1))
+        if isinstance(steps, int):
+            return StepLogProb(out.log_prob, out.mean, out.std)
+        return StepLogProb(out.log_prob.view(b, k), out.mean.view(b, k, *out.mean.shape[1:]),
+                           out.std.view(b, k, *out.std.shape[1:]))
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The conditional network output (no guidance), fp32: what likelihood-free algorithms train."""

@@ -53,7 +53,7 @@ class FlowPolicy(DenoisingPolicy):
         return sched["sigmas"][i]
 
     def _step_math(self, x, i, pred, sched, s, stochastic, noise, prev_sample) -> StepOutput:
-        sigmas = sched["sigmas"]
+        sigmas = sched["sigmas"]  # i [R]: sigmas[i] -> sigmas[i + 1] per row
         return flow_sde_step(
             x, pred, sigmas[i], sigmas[i + 1],
             noise_level=s.noise_level, kind=s.kind if stochastic else "ode",

@@ -58,18 +58,18 @@ class InstrumentedAdapter:
 
 class Reference:
     """The frozen reference policy for KL terms: the base with LoRA off, or a frozen copy (full fine-tune).
-    Called as reference(traj, step) -> StepLogProb of a sampled step; .predict(x, t, prompts) for
+    Called as reference(traj, steps) -> StepLogProb of sampled steps; .predict(x, t, prompts) for
     likelihood-free algorithms. Never carries gradients."""
 
     def __init__(self, policy, module, ref_policy=None):
         self.policy, self.module, self.ref_policy = policy, module, ref_policy
 
     @torch.no_grad()
-    def __call__(self, traj, step):
+    def __call__(self, traj, steps):
         if self.ref_policy is not None:
-            return self.ref_policy.log_prob(traj, step)
+            return self.ref_policy.log_prob(traj, steps)
         with lora.adapters_disabled(self.module):
-            return self.policy.log_prob(traj, step)
+            return self.policy.log_prob(traj, steps)
 
     @torch.no_grad()
     def predict(self, x, t, prompts):
@@ -254,12 +254,12 @@ class Trainer:
                 steps = algo.train_steps(sub, gen)
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
-                for step in steps:
+                for chunk in self.chunks(steps):
                     ref = self.reference if algo.uses_reference else None
-                    loss, m = algo.step_loss(self.policy, sub, adv, step, ref, old=self.old.swapped if self.old else None)
+                    loss, m = algo.step_loss(self.policy, sub, adv, chunk, ref, old=self.old.swapped if self.old else None)
                     with self.sw("model"):
-                        (loss / len(steps)).backward()
-                    total += loss.item() / len(steps)
+                        (loss * len(chunk) / len(steps)).backward()
+                    total += loss.item() * len(chunk) / len(steps)
                     for key, v in m.items():
                         stats.setdefault(key, []).append(v)
                 self.dist.average_gradients(self.params)
@@ -281,16 +281,21 @@ class Trainer:
         out["loss"] = float(self.dist.all_reduce_mean(torch.tensor(np.mean(losses) if losses else float("nan"))))
         return out
 
+    def chunks(self, steps: list[int]) -> list[list[int]]:
+        """The trained steps in groups of train.step_chunk (0: all at once), one network forward each."""
+        n = self.cfg.step_chunk or len(steps) or 1
+        return [steps[i : i + n] for i in range(0, len(steps), n)]
+
     def window_grads(self, traj, advantages, windows: list[list[int]], weight: float) -> list[torch.Tensor]:
         """The flat gradient of the algorithm's reward-driven loss (Algorithm.signal_loss) on `traj`, one per
         window of steps (they sum to the gradient over all those steps), times `weight`, summed over ranks."""
         algo, n_steps, out = self.algorithm, sum(len(w) for w in windows), []
         for window in windows:
             self.optimizer.zero_grad(set_to_none=True)
-            for step in window if len(traj) else []:
-                loss = algo.signal_loss(self.policy, traj, advantages, step, old=self.old.swapped if self.old else None)
+            for chunk in self.chunks(window) if len(traj) else []:
+                loss = algo.signal_loss(self.policy, traj, advantages, chunk, old=self.old.swapped if self.old else None)
                 with self.sw("model"):
-                    (loss * weight / n_steps).backward()
+                    (loss * weight * len(chunk) / n_steps).backward()
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in self.params])
             out.append(self.dist.all_reduce_mean(flat) * self.dist.world_size)
         self.optimizer.zero_grad(set_to_none=True)
