@@ -47,11 +47,15 @@ def resolve_targets(module: nn.Module, targets: tuple[str, ...]) -> list[str]:
 
 def add_lora(module: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]) -> list[nn.Parameter]:
     """Inject LoRA layers into every module whose path ends with one of `targets` (see resolve_targets);
-    freeze the rest. -> the trainable (LoRA) parameters."""
+    freeze the rest. The LoRA weights are kept in fp32 even in a bf16/fp16 network (peft casts the layer
+    input to them and the sum back), so optimizer updates are not rounded away. -> the trainable (LoRA)
+    parameters."""
     from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import cast_adapter_dtype
 
     paths = resolve_targets(module, tuple(targets))
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=paths), module)
+    cast_adapter_dtype(module, "default")
     params = []
     for n, p in module.named_parameters():
         p.requires_grad_("lora_" in n)
