@@ -18,9 +18,13 @@ What is matched, and how (read from trl 0.23.1's trainer/ddpo_trainer.py and mod
     sample_num_batches_per_epoch=1, train_batch_size=N/M, train_gradient_accumulation_steps=1,
     train_num_inner_epochs=1 (trl accumulates over every trained timestep, so N/M samples x S timesteps per
     optimizer step on both sides; `optimizer_steps` in the output checks M per epoch).
+  - Batching (how the same work is cut into network calls, which each library chooses): visalign scores all
+    N/M samples x S timesteps of a minibatch in one UNet forward (train.micro_batch=0, train.step_chunk=0;
+    the recipe's values 8 / 1 are for a 512px UNet on a GPU); trl loops over the S timesteps, one forward
+    of 2 N/M rows each.
   - Sampling: S DDIM steps, eta 1.0, classifier-free guidance w (the recipe's 5.0) with the empty prompt as
-    the unconditional one, all N samples in one batch. trl runs the UNet once on the 2N concatenated
-    batch per step; visalign runs it twice (N conditional, N unconditional). Same UNet work per step.
+    the unconditional one, all N samples in one batch; both run the UNet once on the 2N concatenated batch
+    per step. Same UNet work per step.
   - Training: every timestep of every sample (train_timestep_fraction=1.0, visalign's default
     timestep_fraction 1.0); the tiny pipeline's scheduler has set_alpha_to_one=False, so all S steps have
     a non-zero variance and both sides train all S. Both recompute the guided prediction with CFG in
@@ -132,7 +136,7 @@ def run_visalign(args, pipe_dir: Path, run_dir: Path) -> dict:
         f"train.minibatches={args.minibatches}", "train.epochs=1", f"train.lora_rank={args.lora_rank}",
         f"train.lora_alpha={args.lora_alpha}", f"train.iterations={e}", f"train.eval_every={e}",
         "train.eval_per_category=1", f"train.checkpoint_every={e}", f"eval.steps={args.steps}",
-        "train.diagnose_every=0", f"train.seed={args.seed}",
+        "train.diagnose_every=0", f"train.seed={args.seed}", "train.micro_batch=0", "train.step_chunk=0",
     ]
     cmd = [sys.executable, "-m", "visalign.cli", "train", RECIPE, *overrides, "--out", str(run_dir)]
     log("visalign: " + " ".join(cmd[2:]))

@@ -191,6 +191,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0  # max global gradient norm
     step_chunk: int = 0  # trained steps per network forward (0: all of a minibatch's at once; 1-4 for big models)
+    micro_batch: int = 0  # samples per network forward in updates (0: the whole minibatch; gradients accumulate)
     finetune: str = "lora"  # lora | full
     lora_rank: int = 8
     lora_alpha: float = 8.0
@@ -225,8 +226,9 @@ class TrainConfig:
             raise ConfigError(f"train.curriculum '{self.curriculum}' is not one of uniform, variance")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"train.lr_schedule '{self.lr_schedule}' is not one of constant, cosine")
-        if self.step_chunk < 0:
-            raise ConfigError(f"train.step_chunk must be >= 0 (0 = all steps in one forward), got {self.step_chunk}")
+        if self.step_chunk < 0 or self.micro_batch < 0:
+            raise ConfigError(f"train.step_chunk and train.micro_batch must be >= 0 (0 = all in one forward), got "
+                              f"{self.step_chunk}, {self.micro_batch}")
         if self.diagnose_every < 0 or not 0 <= self.min_signal_share <= 1:
             raise ConfigError(f"train.diagnose_every must be >= 0 and train.min_signal_share in [0, 1], got "
                               f"{self.diagnose_every}, {self.min_signal_share}")

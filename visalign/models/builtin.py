@@ -106,11 +106,15 @@ class ShapesModel(nn.Module):
 
     # ------------------------------------------------------------------------------------ persistence
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors; each file is written to a temp file, then renamed."""
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Write config.json and model.safetensors; each file is written to a temp file, then renamed.
+        `dtype` (e.g. torch.float16) stores floating weights at that precision, half the size of fp32; they
+        load back into the fp32 network."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         _atomic(path / WEIGHTS_NAME, lambda f: save_file(state, f, metadata={"format": "pt"}))
         _atomic(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(asdict(self.config), indent=2)))
 

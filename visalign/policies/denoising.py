@@ -95,7 +95,7 @@ class DenoisingPolicy:
     def _step(self, x, i, sched, cond, uncond, s, stochastic: bool, noise=None, prev_sample=None) -> StepOutput:
         """The one step function: forward + CFG + the step math. x [R, ...]; i [R] long, the step index of each
         row (rows may sit at different steps: log_prob scores several steps of a chain in one forward)."""
-        pred = self.guided(x, self.model_time(sched, i), cond, uncond, s.guidance_scale)
+        pred = self.guided(x, self.model_time(sched, i).to(x.device), cond, uncond, s.guidance_scale)
         return self._step_math(x, i, pred, sched, s, stochastic, noise, prev_sample)
 
     def conditions(self, prompts: list[str], guidance_scale: float):
@@ -118,7 +118,9 @@ class DenoisingPolicy:
         if init_seeds is not None:
             noise[:, 0] = per_sample_noise(init_seeds, tuple(self.adapter.latent_shape))
         if latents is not None:
-            noise[:, 0] = latents.float()
+            noise[:, 0] = latents.float().cpu()
+        # drawn on the CPU (the same numbers on any device), then moved to where the network is
+        noise = noise.to(next(self.adapter.module.parameters()).device)
         cond, uncond = self.conditions(prompts, s.guidance_scale)
         x = noise[:, 0]
         states, log_probs = [x], []

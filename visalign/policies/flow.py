@@ -17,7 +17,7 @@ class FlowSampling:
     guidance_scale: float = 1.0  # 1 = no classifier-free guidance
     kind: str = "ode"  # flow | dance | cps | ode
     noise_level: float = 0.7
-    shift: float = 1.0  # SD3 time shift of the sigma schedule
+    shift: float | None = None  # SD3 time shift of the sigma schedule; None: the model's own (1 for ours, 3 for SD3)
     sde_window: tuple[int, int] | None = None  # steps [start, end) that are stochastic; None = all
 
     def __post_init__(self):
@@ -45,7 +45,8 @@ class FlowPolicy(DenoisingPolicy):
         return mask
 
     def schedule(self, s) -> dict:
-        sigmas = sigma_schedule(s.steps, s.shift)
+        shift = s.shift if s.shift is not None else getattr(self.adapter, "default_shift", 1.0)
+        sigmas = sigma_schedule(s.steps, shift)
         first_below_1 = float(sigmas[sigmas < 1].max()) if bool((sigmas < 1).any()) else 0.999
         return {"sigmas": sigmas, "sigma_max": first_below_1}
 

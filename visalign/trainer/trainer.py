@@ -254,12 +254,14 @@ class Trainer:
                 steps = algo.train_steps(sub, gen)
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
-                for chunk in self.chunks(steps):
+                for rows, chunk, weight in self.pieces(len(sub), steps):
                     ref = self.reference if algo.uses_reference else None
-                    loss, m = algo.step_loss(self.policy, sub, adv, chunk, ref, old=self.old.swapped if self.old else None)
+                    part = sub if len(rows) == len(sub) else sub.select(rows)
+                    loss, m = algo.step_loss(self.policy, part, adv[rows], chunk, ref,
+                                             old=self.old.swapped if self.old else None)
                     with self.sw("model"):
-                        (loss * len(chunk) / len(steps)).backward()
-                    total += loss.item() * len(chunk) / len(steps)
+                        (loss * weight).backward()
+                    total += loss.item() * weight
                     for key, v in m.items():
                         stats.setdefault(key, []).append(v)
                 self.dist.average_gradients(self.params)
@@ -281,10 +283,17 @@ class Trainer:
         out["loss"] = float(self.dist.all_reduce_mean(torch.tensor(np.mean(losses) if losses else float("nan"))))
         return out
 
-    def chunks(self, steps: list[int]) -> list[list[int]]:
-        """The trained steps in groups of train.step_chunk (0: all at once), one network forward each."""
-        n = self.cfg.step_chunk or len(steps) or 1
-        return [steps[i : i + n] for i in range(0, len(steps), n)]
+    def pieces(self, n: int, steps: list[int]):
+        """Split the loss over n samples x the trained steps into network forwards: micro-batches of
+        train.micro_batch samples x chunks of train.step_chunk steps (0: all at once). -> (sample rows [k],
+        steps, weight of that piece's mean loss in the whole mean)."""
+        m = self.cfg.micro_batch or n or 1
+        c = self.cfg.step_chunk or len(steps) or 1
+        for i in range(0, n, m):
+            rows = torch.arange(i, min(i + m, n))
+            for j in range(0, len(steps), c):
+                chunk = steps[j : j + c]
+                yield rows, chunk, len(rows) / n * len(chunk) / len(steps)
 
     def window_grads(self, traj, advantages, windows: list[list[int]], weight: float) -> list[torch.Tensor]:
         """The flat gradient of the algorithm's reward-driven loss (Algorithm.signal_loss) on `traj`, one per
@@ -292,10 +301,12 @@ class Trainer:
         algo, n_steps, out = self.algorithm, sum(len(w) for w in windows), []
         for window in windows:
             self.optimizer.zero_grad(set_to_none=True)
-            for chunk in self.chunks(window) if len(traj) else []:
-                loss = algo.signal_loss(self.policy, traj, advantages, chunk, old=self.old.swapped if self.old else None)
+            for rows, chunk, w in self.pieces(len(traj), window) if len(traj) else []:
+                part = traj if len(rows) == len(traj) else traj.select(rows)
+                loss = algo.signal_loss(self.policy, part, advantages[rows], chunk,
+                                        old=self.old.swapped if self.old else None)
                 with self.sw("model"):
-                    (loss * weight * len(chunk) / n_steps).backward()
+                    (loss * weight * w * len(window) / n_steps).backward()
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in self.params])
             out.append(self.dist.all_reduce_mean(flat) * self.dist.world_size)
         self.optimizer.zero_grad(set_to_none=True)
