@@ -35,3 +35,26 @@ def test_draws_recognisable_shapes(generator):
     images = generator.generate(prompts, list(range(len(prompts))))
     ok = [verify.verify(img, grammar.parse_prompt(p)).correct for img, p in zip(images, prompts)]
     assert np.mean(ok) >= 0.5, ok
+
+
+def test_bundled_diffusion_model_ratio_is_one_and_it_draws_shapes():
+    """builtin:shapes-ddpm: the DDIM (eta 1) policy's recomputed log-probs equal the rollout's, and its
+    deterministic sampler draws train-split single objects the verifier accepts."""
+    import torch
+
+    from visalign.policies import DiffusionSampling, make_policy
+
+    files = {p.name: p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file()}
+    assert sum(files.values()) < 20 * 2**20  # everything bundled so far
+    policy = make_policy(load_model("builtin:shapes-ddpm"))
+    traj = policy.sample(["a red circle", "three stars", "a circle left of a square"], [1, 2, 3],
+                         DiffusionSampling(steps=5, guidance_scale=3.0, eta=1.0))
+    steps = [int(i) for i in torch.nonzero(traj.stochastic).flatten()]
+    assert len(steps) == 4
+    for i in steps:
+        assert (policy.log_prob(traj, i).log_prob.detach() - traj.log_probs[:, i]).abs().max() < 1e-5
+    assert (policy.log_prob(traj, steps).log_prob.detach() - traj.log_probs[:, steps]).abs().max() < 1e-5
+    prompts = [p for p in grammar.prompts("single_object", "train") for _ in range(4)]
+    images = load_generator("builtin:shapes-ddpm").generate(prompts, list(range(len(prompts))))
+    ok = [verify.verify(img, grammar.parse_prompt(p)).correct for img, p in zip(images, prompts)]
+    assert np.mean(ok) >= 0.3, np.mean(ok)

@@ -134,7 +134,14 @@ def test_schedules_follow_the_pipelines_schedulers():
     assert t.tolist() == [0, 500, 999] and torch.equal(a, ref.alphas_cumprod[t])
     assert sd.prediction_type == "epsilon" and sd.clip_sample is None
     assert sd.default_steps == 50 and sd.default_guidance == 7.5 and sd.latent_shape == (4, 16, 16)
-    assert _adapter("sd3").default_shift == 3.0
+    sd3 = _adapter("sd3")
+    assert sd3.default_shift == 3.0
+    # a flow sampler that names no shift uses the model's own (SD3: 3), one that names one uses it
+    from visalign.math.sde import sigma_schedule
+
+    sched = make_policy(sd3).schedule
+    assert torch.equal(sched(FlowSampling(steps=4))["sigmas"], sigma_schedule(4, 3.0))
+    assert torch.equal(sched(FlowSampling(steps=4, shift=1.0))["sigmas"], sigma_schedule(4, 1.0))
     flux = _adapter("flux")  # dynamic shifting: exp(mu) at 8 x 8 = 64 image tokens
     m = (1.15 - 0.5) / (4096 - 256)
     assert flux.default_shift == pytest.approx(np.exp(64 * m + 0.5 - m * 256))

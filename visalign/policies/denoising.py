@@ -23,6 +23,18 @@ from ..math.sde import StepOutput
 from ..types import StepLogProb, Trajectory
 
 
+def check_sampling(s, kinds: tuple[str, ...]) -> None:
+    """What every sampling config must satisfy (one-line ValueErrors)."""
+    if s.kind not in kinds:
+        raise ValueError(f"unknown step kind '{s.kind}'; accepted: {', '.join(kinds)}")
+    if s.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {s.steps}")
+    if s.sde_window is not None:
+        a, b = s.sde_window
+        if not 0 <= a < b <= s.steps:
+            raise ValueError(f"sde_window {s.sde_window} must satisfy 0 <= start < end <= steps ({s.steps})")
+
+
 def per_sample_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     """[B, *shape] standard normal noise, row b drawn from its own generator seeded with seeds[b]."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..math.sde import StepOutput, ddim_step
-from .denoising import DenoisingPolicy, draw_generators
+from .denoising import DenoisingPolicy, check_sampling, draw_generators
 
 DIFFUSION_KINDS = ("ddim", "ode")
 
@@ -31,16 +31,9 @@ class DiffusionSampling:
     sde_window: tuple[int, int] | None = None  # steps [start, end) that are stochastic; None = all
 
     def __post_init__(self):
-        if self.kind not in DIFFUSION_KINDS:
-            raise ValueError(f"unknown step kind '{self.kind}'; accepted: {', '.join(DIFFUSION_KINDS)}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_sampling(self, DIFFUSION_KINDS)
         if self.kind == "ddim" and not 0 < self.eta <= 1:
             raise ValueError(f"eta must be in (0, 1] for kind ddim, got {self.eta}; use kind ode for eta = 0")
-        if self.sde_window is not None:
-            a, b = self.sde_window
-            if not 0 <= a < b <= self.steps:
-                raise ValueError(f"sde_window {self.sde_window} must satisfy 0 <= start < end <= steps ({self.steps})")
 
 
 class DiffusionPolicy(DenoisingPolicy):

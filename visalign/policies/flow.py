@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..math.sde import FLOW_KINDS, StepOutput, flow_sde_step, sigma_schedule
-from .denoising import DenoisingPolicy, draw_generators
+from .denoising import DenoisingPolicy, check_sampling, draw_generators
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,7 @@ class FlowSampling:
     sde_window: tuple[int, int] | None = None  # steps [start, end) that are stochastic; None = all
 
     def __post_init__(self):
-        if self.kind not in FLOW_KINDS:
-            raise ValueError(f"unknown step kind '{self.kind}'; accepted: {', '.join(FLOW_KINDS)}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.sde_window is not None:
-            a, b = self.sde_window
-            if not 0 <= a < b <= self.steps:
-                raise ValueError(f"sde_window {self.sde_window} must satisfy 0 <= start < end <= steps ({self.steps})")
+        check_sampling(self, FLOW_KINDS)
 
 
 class FlowPolicy(DenoisingPolicy):
