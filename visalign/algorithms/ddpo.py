@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ConfigError
-from ..math.advantages import PerPromptStatTracker
+from ..math.advantages import PerPromptStatTracker, group_advantages
 from .base import ALGORITHMS
 from .policy_gradient import PGConfig, PolicyGradient
 
@@ -42,9 +42,8 @@ class DDPO(PolicyGradient):
         self.tracker = PerPromptStatTracker(config.stat_buffer, config.stat_min_count, clip=config.adv_clip)
 
     def advantages(self, rewards, prompts, group_size):
-        if not self.config.per_prompt_stats:
-            r = rewards.float()
-            return ((r - r.mean()) / (r.std(unbiased=False) + 1e-6)).clamp(-self.config.adv_clip, self.config.adv_clip)
+        if not self.config.per_prompt_stats:  # the whole batch as one group
+            return group_advantages(rewards, len(rewards), eps=1e-6, clip=self.config.adv_clip)
         return self.tracker.update(prompts, rewards)
 
     def state_dict(self) -> dict:
