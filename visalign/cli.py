@@ -60,13 +60,28 @@ def cmd_eval(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .config import PretrainRecipe, apply_overrides, build, load_recipe_dict
+    from .config import ConfigError, PretrainRecipe, apply_overrides, build, load_recipe_dict
     from .models.builtin import ShapesModel, ShapesModelConfig
     from .trainer.pretrain import pretrain
 
     data = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
+    if data.get("kind") == "reward_pretrain":  # the learned GenEval-S reward, not a generator
+        from .trainer.reward_pretrain import RewardPretrainRecipe, reward_pretrain
+        from .models.reward_net import RewardNetConfig
+
+        data.pop("kind")
+        recipe = build(RewardPretrainRecipe, data)
+        try:
+            model_cfg = RewardNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.model.items()})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model: {e}") from None
+        start = time.time()
+        reward_pretrain(model_cfg, recipe.train, args.out, log=lambda m: print(m, flush=True))
+        print(f"reward model trained in {(time.time() - start) / 60:.1f} min; written to {args.out}")
+        return
     if data.get("kind") != "pretrain":
-        raise ValueError(f"recipe '{args.recipe}' is not a pretraining recipe (kind: {data.get('kind')})")
+        raise ValueError(f"recipe '{args.recipe}' is not a pretraining recipe (kind: {data.get('kind')}; "
+                         f"accepted: pretrain, reward_pretrain)")
     data.pop("kind")
     recipe = build(PretrainRecipe, data)
     init = None
@@ -147,6 +162,31 @@ def cmd_export(args) -> None:
     print(f"wrote {args.format} export of {args.run} to {out}")
 
 
+def cmd_make_pairs(args) -> None:
+    from .config import parse_override
+    from .models.registry import load_generator
+    from .pairs import make_pairs
+    from .prompts import load_prompt_set
+    from .rewards import load_reward
+
+    options = {".".join(key): value for key, value in map(parse_override, args.reward_option)}
+    reward = load_reward(args.reward, **options)
+    prompt_set = load_prompt_set(args.prompts)
+    if args.n_prompts < 1 or args.per_prompt < 2:
+        raise ValueError(f"--n-prompts must be >= 1 and --per-prompt >= 2, got {args.n_prompts}, {args.per_prompt}")
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    cats = prompt_set.categories
+    prompts = [prompt_set.train[c][rng.integers(len(prompt_set.train[c]))]
+               for c in (cats[i % len(cats)] for i in range(args.n_prompts))]
+    start = time.time()
+    meta = make_pairs(load_generator(args.model), reward, prompts, args.per_prompt, args.seed, args.out,
+                      {"model": args.model, "reward": args.reward, "reward_options": options, "prompts": args.prompts})
+    print(f"wrote {meta['pairs']} pairs from {len(prompts)} prompts x {args.per_prompt} samples to {args.out} "
+          f"in {time.time() - start:.0f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visalign", description="RL fine-tuning of visual generative models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", required=True, help="diffusers-lora | merged")
     x.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     x.set_defaults(fn=cmd_export)
+
+    mp = sub.add_parser("make-pairs", help="sample a preference-pairs dataset (for diffusion_dpo) ranked by a reward")
+    mp.add_argument("--model", required=True, help="model spec, sampler options allowed: builtin:shapes-flow?steps=10")
+    mp.add_argument("--reward", default="geneval_s")
+    mp.add_argument("--reward-option", action="append", default=[], help="key=value, repeatable")
+    mp.add_argument("--prompts", default="geneval-s", help="prompt set; its train prompts, categories in turn")
+    mp.add_argument("--n-prompts", type=int, default=200)
+    mp.add_argument("--per-prompt", type=int, default=4, help="samples per prompt; the i-th best vs the i-th worst")
+    mp.add_argument("--seed", type=int, default=0)
+    mp.add_argument("--out", required=True, help="dataset folder (must not exist)")
+    mp.set_defaults(fn=cmd_make_pairs)
 
     t = sub.add_parser("pretrain", help="pretrain a built-in model from a recipe")
     t.add_argument("recipe")

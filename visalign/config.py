@@ -206,6 +206,8 @@ class TrainConfig:
     diagnose_every: int = 10  # iterations between gradient-signal diagnostics (0: never); see trainer/diagnostics.py
     min_signal_share: float = 0.5  # warn when the run's accumulated update is estimated to be less signal than this
     max_bad_updates: int = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
+    budget_nfe: int = 0  # stop (evaluate, checkpoint) once training has used this many network evaluations; 0 = off
+    budget_minutes: float = 0.0  # stop once training wall time (evaluation excluded) passes this; 0 = off
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -232,6 +234,9 @@ class TrainConfig:
         if self.diagnose_every < 0 or not 0 <= self.min_signal_share <= 1:
             raise ConfigError(f"train.diagnose_every must be >= 0 and train.min_signal_share in [0, 1], got "
                               f"{self.diagnose_every}, {self.min_signal_share}")
+        if self.budget_nfe < 0 or self.budget_minutes < 0:
+            raise ConfigError(f"train.budget_nfe and train.budget_minutes must be >= 0 (0 = no budget), got "
+                              f"{self.budget_nfe}, {self.budget_minutes}")
         for k in ("eval_every", "checkpoint_every", "epochs", "eval_per_category", "lora_rank"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")
@@ -254,6 +259,7 @@ class TrainRecipe:
     algorithm: str = "grpo"
     algorithm_options: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)  # the policy's rollout sampler (FlowSampling / DiffusionSampling fields)
+    data: str = ""  # offline algorithms (diffusion_dpo): a pairs dataset directory made by `visalign make-pairs`
     eval: EvalSampling = field(default_factory=EvalSampling)
     train: TrainConfig = field(default_factory=TrainConfig)
 

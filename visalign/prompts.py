@@ -50,12 +50,18 @@ def _split(prompts: list[str], name: str) -> tuple[list[str], list[str]]:
 
 
 def load_prompt_set(spec: str) -> PromptSet:
-    """'geneval-s' | 'animals' | 'file:PATH' -> PromptSet (ValueError naming the accepted forms)."""
-    if spec == "geneval-s":
+    """'geneval-s[:CAT,...]' | 'animals' | 'file:PATH' -> PromptSet (ValueError naming the accepted forms)."""
+    if spec == "geneval-s" or spec.startswith("geneval-s:"):
         from .world import grammar
         from .world.vocab import CATEGORIES
 
-        return PromptSet("geneval-s", {c: grammar.prompts(c, "train") for c in CATEGORIES},
+        # geneval-s:CAT,CAT trains on those categories only and still evaluates all six: the rest are
+        # held-out categories (the "DPO vs GRPO" in-domain / out-of-domain question)
+        train_cats = spec.split(":", 1)[1].split(",") if ":" in spec else list(CATEGORIES)
+        unknown = [c for c in train_cats if c not in CATEGORIES]
+        if unknown or not train_cats:
+            raise ValueError(f"unknown GenEval-S categories {unknown} in '{spec}'; accepted: {', '.join(CATEGORIES)}")
+        return PromptSet(spec, {c: grammar.prompts(c, "train") for c in CATEGORIES if c in train_cats},
                          {c: grammar.prompts(c, "eval") for c in CATEGORIES}, verifier=True)
     if spec == "animals":
         train, held = _split([f"a {a}" for a in ANIMALS], spec)
@@ -69,4 +75,4 @@ def load_prompt_set(spec: str) -> PromptSet:
             raise ValueError(f"prompt file {path} holds no prompts (one prompt a line)")
         train, held = _split(lines, spec)
         return PromptSet(spec, {path.stem: train}, {path.stem: held})
-    raise ValueError(f"unknown prompt set '{spec}'; accepted: geneval-s, animals, file:PATH")
+    raise ValueError(f"unknown prompt set '{spec}'; accepted: geneval-s, geneval-s:CAT,CAT, animals, file:PATH")

@@ -25,6 +25,8 @@ class Algorithm:
     name = "algorithm"
     config_cls = None
     needs_log_prob = False  # scores sampled steps (policy-gradient family)
+    offline = False  # trains on a dataset of preference pairs (the recipe's `data`) instead of rollouts
+    keeps_groups = False  # its loss couples the samples of a group: minibatches hold whole groups
 
     def __init__(self, config):
         self.config = config

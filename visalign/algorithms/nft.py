@@ -25,6 +25,7 @@ from ..config import ConfigError
 from ..math.advantages import group_advantages
 from ..math.losses import nft_loss, nft_optimality, nft_reward_term
 from .base import ALGORITHMS, Algorithm
+from .forward import forward_draws
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,7 @@ class NFT(Algorithm):
         all in one forward of K x B rows (draw-major)."""
         if old is None:
             raise ConfigError("nft needs the old model; the trainer provides it when algorithm.old_ema is set")
-        draws = [draws] if isinstance(draws, int) else list(draws)
-        parts = [policy.noised_sample(traj, d) for d in draws]  # each: [B, C, H, W], [B], [B, C, H, W]
-        x_t, t, target = (torch.cat([p[i] for p in parts]) for i in range(3))  # [K*B, ...]
-        prompts = traj.prompts * len(draws)
+        x_t, t, target, prompts = forward_draws(policy, traj, draws)  # [K*B, ...]
         with torch.no_grad(), old():  # first: swapping the weights in place must precede the graph of v
             v_old = policy.predict(x_t, t, prompts)
         v_ref = reference.predict(x_t, t, prompts) if reference is not None else None

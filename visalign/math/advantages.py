@@ -50,3 +50,21 @@ class PerPromptStatTracker:
 
     def load_state_dict(self, state: dict) -> None:
         self.buffers = {p: deque(v, maxlen=self.buffer_size) for p, v in state["buffers"].items()}
+
+
+def pair_within_groups(scores: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preference pairs of online DPO (D3PO, Yang et al., 2023, arXiv 2311.13231; SPO): in each group of
+    `group_size` consecutive samples, the i-th best is preferred to the i-th worst (i < group_size // 2), so
+    every sample is in at most one pair and the pairs span the group's reward range; pairs with equal
+    scores carry no preference and are dropped. Ties in the sort keep index order.
+    scores [B] -> (chosen [P], rejected [P]) indices into scores."""
+    if scores.dim() != 1 or scores.numel() % group_size != 0 or group_size < 2:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size} (>= 2)")
+    s = scores.float().view(-1, group_size)  # [G, n]
+    order = torch.sort(-s, dim=1, stable=True).indices  # [G, n] best first
+    half = group_size // 2
+    base = (torch.arange(s.shape[0]) * group_size)[:, None]  # [G, 1]
+    chosen = (order[:, :half] + base).flatten()  # [G * half]
+    rejected = (order.flip(1)[:, :half] + base).flatten()
+    keep = scores[chosen] > scores[rejected]
+    return chosen[keep], rejected[keep]

@@ -48,3 +48,28 @@ def nft_reward_term(velocity: torch.Tensor, old_velocity: torch.Tensor, target: 
     The first term pulls v towards v_old whatever the rewards (a trust region). -> [B]"""
     pos, neg = nft_errors(velocity, old_velocity, target, beta)  # [B], [B]
     return (r - 0.5) * (pos - neg)
+
+
+def dpo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al., 2023, arXiv 2305.18290) per pair: -log sigmoid(beta (lr_w - lr_l)), where
+    lr = log pi(y | x) - log pi_ref(y | x) of the chosen (w) and the rejected (l) sample. [P] -> [P].
+    Zero margin gives log 2; the gradient pushes lr_w up and lr_l down, at most with weight beta."""
+    return -torch.nn.functional.logsigmoid(beta * (logratio_chosen - logratio_rejected))
+
+
+def diffusion_dpo_loss(err_w: torch.Tensor, err_w_ref: torch.Tensor, err_l: torch.Tensor, err_l_ref: torch.Tensor,
+                       beta: float) -> torch.Tensor:
+    """Diffusion-DPO (Wallace et al., 2023, arXiv 2311.12908, eq. 14; DESIGN 3.7) per pair:
+    -log sigmoid(-beta / 2 [(err_w - err_w_ref) - (err_l - err_l_ref)]), err = ||pred - target||^2 (mean over
+    dims) of the chosen / rejected image at one shared (t, eps). It is dpo_loss with the denoising error
+    standing in for -2 log-likelihood (the ELBO). All [P] -> [P]."""
+    return dpo_loss(-(err_w - err_w_ref) / 2, -(err_l - err_l_ref) / 2, beta)
+
+
+def rwr_weights(advantages: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+    """Reward-weighted regression (Peters & Schaal, 2007; Lee et al., 2023, arXiv 2302.12192 for text-to-image)
+    per sample: w = exp(A / temperature) / mean(exp(A / temperature)), clipped to max_weight, so the weights
+    average ~1 over the batch. temperature -> 0 keeps only the best samples (best-sample self-training);
+    temperature -> inf is plain supervised fine-tuning on the model's own samples. [B] -> [B]"""
+    w = torch.softmax(advantages.float() / temperature, dim=0) * advantages.numel()  # [B], mean 1
+    return w.clamp(max=max_weight)

@@ -190,6 +190,9 @@ class _ShapesAdapter:
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(-1, 1)
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.clamp(-1, 1).to(self.model.device)
+
 
 class ShapesFlowAdapter(_ShapesAdapter):
     """builtin:shapes-flow for FlowPolicy: predict(x, sigma, cond) is the velocity."""

@@ -262,6 +262,21 @@ class _DiffusersAdapter:
                 z = z + cfg.shift_factor
         return self.pipe.vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> latents [B, C, h, w] (fp32): the VAE posterior's mean, scaled as
+        the pipeline scales latents, the inverse of decode()."""
+        cfg = self.pipe.vae.config
+        z = self.pipe.vae.encode(images.to(self.device, self._vae_dtype)).latent_dist.mean
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        if self.kind == "sdxl" and mean is not None and std is not None:
+            shape = (1, len(mean), 1, 1)
+            z = (z - torch.tensor(mean).view(shape).to(z)) * cfg.scaling_factor / torch.tensor(std).view(shape).to(z)
+        else:
+            if getattr(cfg, "shift_factor", None) is not None and self.kind in ("sd3", "flux"):
+                z = z - cfg.shift_factor
+            z = z * cfg.scaling_factor
+        return z.float()
+
     # ------------------------------------------------------------------------------------ per kind
 
     def _default_resolution(self) -> int:

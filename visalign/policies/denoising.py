@@ -9,6 +9,7 @@ The adapter interface (flow and diffusion alike):
   encode(prompts) -> cond            cond[idx] slices it, type(cond).cat([...]) joins
   predict(x, t [B], cond) -> [B, ...] the network output (a velocity, or the diffusion prediction_type)
   decode(x) -> images [B, 3, H, W] in [-1, 1]
+  encode_images(images [B, 3, H, W] in [-1, 1]) -> x [B, ...]   (offline data: a dataset's images as latents)
   latent_shape, default_steps, default_guidance, module (the trainable nn.Module)
 A subclass gives the schedule of a sampling config, the step math, and the forward-process noising that
 likelihood-free algorithms train on.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ..math.sde import StepOutput
 from ..types import StepLogProb, Trajectory
@@ -71,6 +73,14 @@ class DenoisingPolicy:
     def noised_sample(self, traj: Trajectory, draw: int):
         """Forward-noise each final sample for a denoising loss -> x_t [B, ...], t [B] (the network's time
         input), target [B, ...] (what predict() should output there)."""
+        raise NotImplementedError
+
+    def _x0_math(self, x, i, pred, sched: dict) -> torch.Tensor:
+        """The clean sample x0_hat [R, ...] that the network output `pred` at step i (per row) predicts."""
+        raise NotImplementedError
+
+    def _noise_to(self, x0, i: int, sched: dict, eps) -> torch.Tensor:
+        """The state at step i's noise level made from the clean x0 and noise eps (the forward process)."""
         raise NotImplementedError
 
     def stochastic_mask(self, sampling=None) -> torch.Tensor:
@@ -167,6 +177,60 @@ class DenoisingPolicy:
             return StepLogProb(out.log_prob, out.mean, out.std)
         return StepLogProb(out.log_prob.view(b, k), out.mean.view(b, k, *out.mean.shape[1:]),
                            out.std.view(b, k, *out.std.shape[1:]))
+
+    # ------------------------------------------------------------------ reward gradients and offline data
+
+    def denoise(self, traj: Trajectory, start: int, sampling=None, grad_checkpoint: bool = True) -> torch.Tensor:
+        """Re-run steps start..T-1 of traj from its state at `start` under the current parameters, with
+        gradients, and return the final latent [B, ...]: what DRaFT-K (Clark et al., 2023, arXiv 2309.17400)
+        and AlignProp (Prabhudesai et al., 2023, arXiv 2310.03739) backpropagate a reward through. A
+        stochastic step reuses the noise sample() drew (regenerated from the seeds), so at unchanged weights
+        this reproduces traj's final state. With grad_checkpoint each step's activations are recomputed in
+        the backward pass: memory holds one step, not T - start."""
+        s = sampling or traj.extras.get("sampling", self.sampling)
+        if not 0 <= start < s.steps:
+            raise ValueError(f"start step {start} is outside the chain's {s.steps} steps")
+        sched, b = self.schedule(s), len(traj)
+        x = traj.states[:, start]  # [B, C, H, W], no gradient: the chain up to `start` is a constant
+        noise = per_sample_noise(traj.seeds, (s.steps + 1, *x.shape[1:])).to(x.device)  # [B, T+1, C, H, W]
+        cond, uncond = self.conditions(traj.prompts, s.guidance_scale)
+        for i in range(start, s.steps):
+            step = torch.full((b,), i, dtype=torch.long)
+
+            def one(x_, i=i, step=step):
+                return self._step(x_, step, sched, cond, uncond, s, bool(traj.stochastic[i]),
+                                  noise=noise[:, i + 1]).prev_sample
+
+            x = checkpoint(one, x, use_reentrant=False) if grad_checkpoint and torch.is_grad_enabled() else one(x)
+        return x
+
+    def predict_x0(self, traj: Trajectory, step: int, sampling=None, x: torch.Tensor | None = None) -> torch.Tensor:
+        """x0_hat [B, ...] from the state at `step` (or from `x` given at that step's noise level) in one
+        guided network forward with gradients: ReFL's shortcut to a clean image (Xu et al., 2023, arXiv
+        2304.05977) and DRaFT-LV's last step."""
+        s = sampling or traj.extras.get("sampling", self.sampling)
+        sched = self.schedule(s)
+        x = traj.states[:, step] if x is None else x
+        i = torch.full((len(traj),), step, dtype=torch.long)
+        cond, uncond = self.conditions(traj.prompts, s.guidance_scale)
+        pred = self.guided(x, self.model_time(sched, i).to(x.device), cond, uncond, s.guidance_scale)
+        return self._x0_math(x.float(), i, pred, sched)
+
+    def renoise(self, traj: Trajectory, step: int, draw: int, sampling=None) -> torch.Tensor:
+        """traj's final states noised afresh to step `step`'s noise level (noise from each sample's seed and
+        `draw`) -> [B, ...]. DRaFT-LV denoises several of these to cut the variance of the reward gradient."""
+        s = sampling or traj.extras.get("sampling", self.sampling)
+        x0 = traj.states[:, -1]
+        eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in draw_generators(traj.seeds, draw)])
+        return self._noise_to(x0, step, self.schedule(s), eps.to(x0))
+
+    def from_images(self, images: torch.Tensor, prompts: list[str], seeds: list[int]) -> Trajectory:
+        """A one-state trajectory holding given clean images (an offline dataset's) as final states, for the
+        losses that only noise final samples (Diffusion-DPO, RWR). images [B, 3, H, W] in [-1, 1]."""
+        x0 = self.adapter.encode_images(images).float()  # [B, C, h, w]
+        return Trajectory(prompts=list(prompts), seeds=list(seeds), states=x0[:, None],
+                          log_probs=torch.zeros(len(prompts), 0), sigmas=torch.zeros(1),
+                          stochastic=torch.zeros(0, dtype=torch.bool), images=images, extras={"sampling": self.sampling})
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The conditional network output (no guidance), fp32: what likelihood-free algorithms train."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..math.sde import StepOutput, ddim_step
+from ..math.sde import StepOutput, ddim_step, predicted_x0_eps
 from .denoising import DenoisingPolicy, check_sampling, draw_generators
 
 DIFFUSION_KINDS = ("ddim", "ode")
@@ -61,6 +61,15 @@ class DiffusionPolicy(DenoisingPolicy):
         return ddim_step(x, pred, ab[i], ab[i + 1], eta=s.eta if stochastic else 0.0,
                          prediction_type=self.adapter.prediction_type, noise=noise, prev_sample=prev_sample,
                          clip_sample=getattr(self.adapter, "clip_sample", None))
+
+    def _x0_math(self, x, i, pred, sched):
+        x0, _ = predicted_x0_eps(x, pred, sched["alpha_bars"][i], self.adapter.prediction_type)
+        c = getattr(self.adapter, "clip_sample", None)
+        return x0.clamp(-c, c) if c else x0
+
+    def _noise_to(self, x0, i, sched, eps):
+        ab = float(sched["alpha_bars"][i])
+        return ab**0.5 * x0 + (1 - ab) ** 0.5 * eps
 
     def noised_sample(self, traj, draw: int):
         """x_t = sqrt(ab) x0 + sqrt(1 - ab) eps at a per-sample u ~ U(0, 1) drawn from the sample's seed and

@@ -54,6 +54,14 @@ class FlowPolicy(DenoisingPolicy):
             noise=noise, prev_sample=prev_sample, sigma_max=sched["sigma_max"],
         )
 
+    def _x0_math(self, x, i, pred, sched):
+        sigma = sched["sigmas"][i].to(x).view(-1, *([1] * (x.dim() - 1)))  # [R, 1, 1, 1]
+        return x - sigma * pred  # x_sigma = (1 - sigma) x0 + sigma x1 and v = x1 - x0
+
+    def _noise_to(self, x0, i, sched, eps):
+        s = float(sched["sigmas"][i])
+        return (1 - s) * x0 + s * eps
+
     def noised_sample(self, traj, draw: int):
         """x_t = (1 - t) x0 + t eps, target = eps - x0, with t ~ U(0, 1) and eps drawn from the sample's own
         seed and `draw`. -> x_t [B, C, H, W], t [B], target [B, C, H, W]."""

@@ -196,6 +196,7 @@ class Trainer:
         self.reward = load_reward(recipe.reward, **recipe.reward_options)
         self.algorithm = load_algorithm(recipe.algorithm, recipe.algorithm_options)
         self.algorithm.check(self.policy, self.reward, self.sampling)
+        self.pairs = self._pairs_dataset(recipe, per_rank)
 
         if cfg.finetune == "lora":
             self.params = lora.add_lora(self.module, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
@@ -225,9 +226,34 @@ class Trainer:
             atomic_write_text(self.run / "recipe.json", json.dumps(resolved, indent=2))
         self.metrics = MetricsLog(self.run, enabled=self.dist.is_main, resume_iteration=self.iteration if resume else None)
 
+    def _pairs_dataset(self, recipe, per_rank: int):
+        """Offline algorithms read pairs from recipe.data (groups of 2: chosen, rejected); pair-coupled losses
+        need whole groups in every minibatch and micro-batch."""
+        from ..pairs import PairDataset
+
+        cfg, algo = self.cfg, self.algorithm
+        if algo.keeps_groups and (per_rank % (cfg.group_size * cfg.minibatches) or cfg.micro_batch % cfg.group_size):
+            raise ValueError(
+                f"{algo.name} pairs samples within a group, so minibatches and micro-batches must hold whole groups: "
+                f"batch_size per process {per_rank} must be a multiple of group_size x minibatches = "
+                f"{cfg.group_size} x {cfg.minibatches}, and micro_batch ({cfg.micro_batch}) a multiple of group_size"
+            )
+        if not algo.offline:
+            if recipe.data:
+                raise ValueError(f"data='{recipe.data}' is only read by offline algorithms (diffusion_dpo); "
+                                 f"{algo.name} trains on its own rollouts")
+            return None
+        if not recipe.data:
+            raise ValueError(f"{algo.name} trains on a pairs dataset: set data=DIR (made by `visalign make-pairs`)")
+        if cfg.group_size != 2:
+            raise ValueError(f"{algo.name} trains on pairs: set train.group_size=2, got {cfg.group_size}")
+        return PairDataset(recipe.data)
+
     # ------------------------------------------------------------------------------------------ stages
 
     def rollout(self, it: int):
+        if self.pairs is not None:
+            return self.offline_batch(it)
         cfg = self.cfg
         prompts_all, seeds_all, group_seeds = self.prompts.draw(it, cfg.batch_size // cfg.group_size, cfg.group_size)
         local = self.dist.shard(cfg.batch_size)
@@ -235,21 +261,41 @@ class Trainer:
         init = group_seeds[local] if cfg.shared_initial_noise else None
         with self.sw("rollout"):
             traj = self.policy.sample(prompts_all[local], seeds_all[local], sampling, init_seeds=init)
+        traj.extras["group_size"] = cfg.group_size
         with self.sw("reward"):
             scores = self.reward(traj.images, traj.prompts).scores.float().to(self.dist.device)
         rewards_all = self.dist.gather(scores)  # [B_global]
         self.prompts.observe(prompts_all, rewards_all.cpu(), cfg.group_size)
         return traj, prompts_all, rewards_all, local
 
+    def offline_batch(self, it: int):
+        """An offline algorithm's 'rollout': batch_size / 2 pairs of the dataset as groups of 2 (the same
+        global draw on every process), their preference as the rewards."""
+        with self.sw("rollout"):
+            images, prompts_all, pref, seeds = self.pairs.batch(self.cfg.seed, it, self.cfg.batch_size // 2)
+            local = self.dist.shard(self.cfg.batch_size)
+            traj = self.policy.from_images(images[local], prompts_all[local], seeds[local])
+        traj.extras["group_size"] = 2
+        return traj, prompts_all, pref.to(self.dist.device), local
+
+    def minibatch_rows(self, b: int, k: int) -> torch.Tensor:
+        """The local samples of minibatch k of M: those j with j mod M == k, or, for algorithms whose loss
+        couples a group's samples, the whole groups g with g mod M == k."""
+        m = self.cfg.minibatches
+        if not self.algorithm.keeps_groups:
+            return torch.arange(k, b, m)
+        g = self.cfg.group_size
+        return (torch.arange(k, b // g, m)[:, None] * g + torch.arange(g)).flatten()
+
     def update(self, it: int, traj, advantages: torch.Tensor) -> dict:
-        """epochs x minibatches optimizer steps; minibatch k = local samples j with j mod M == k."""
+        """epochs x minibatches optimizer steps over the minibatches of minibatch_rows()."""
         cfg, algo = self.cfg, self.algorithm
         b = len(traj)
         losses, stats = [], {}
         for epoch in range(cfg.epochs):
             gen = torch.Generator().manual_seed(_seed(cfg.seed, it, epoch))
             for k in range(cfg.minibatches):
-                idx = torch.arange(k, b, cfg.minibatches)
+                idx = self.minibatch_rows(b, k)
                 sub, adv = traj.select(idx), advantages[idx]
                 steps = algo.train_steps(sub, gen)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -444,9 +490,10 @@ class Trainer:
         try:
             for it in range(self.iteration + 1, cfg.iterations + 1):
                 rec = self.train_iteration(it)
-                if it % cfg.eval_every == 0 or it == cfg.iterations:
-                    rec.update(self.evaluate(it))
                 rec["wall_s"] = round(self.wall + sum(rec.pop("_times").values()), 3)
+                last = it == cfg.iterations or self.budget_spent(rec)
+                if it % cfg.eval_every == 0 or last:
+                    rec.update(self.evaluate(it))
                 rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
                 self.wall = rec["wall_s"]
                 self.iteration = it
@@ -455,13 +502,24 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", **({"eval": f"{rec['eval_overall']:.3f}"} if "eval_overall" in rec else {}))
-                if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                if it % cfg.checkpoint_every == 0 or last:
                     self.save()
+                if last:
+                    break
         finally:
             if bar is not None:
                 bar.close()
             self.metrics.close()
         return records
+
+    def budget_spent(self, rec: dict) -> bool:
+        """train.budget_nfe / budget_minutes reached (decided together: wall times differ between ranks)."""
+        cfg = self.cfg
+        spent = (cfg.budget_nfe and rec["nfe"] >= cfg.budget_nfe) or (
+            cfg.budget_minutes and rec["wall_s"] >= 60 * cfg.budget_minutes)
+        if spent:
+            rec["budget_spent"] = True
+        return self.dist.all_reduce_mean(torch.tensor(float(bool(spent)))).item() > 0
 
     def train_iteration(self, it: int) -> dict:
         start = time.perf_counter()

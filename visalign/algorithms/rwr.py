@@ -1,0 +1,65 @@
+"""Reward-weighted regression (Peters & Schaal, 2007; for text-to-image: Lee et al., 2023, arXiv
+2302.12192; the "RWR" baseline of DDPO, Black et al., 2023): supervised denoising on the policy's own
+samples, each weighted by exp(A / temperature) (math/losses.py: rwr_weights). It needs no log-probs and no
+reference, its loss is a plain regression (the low-variance end of the family: it cannot diverge the way
+an importance ratio can), and with a small temperature it becomes best-sample self-training.
+Rollouts may use any sampler; advantages are group-normalised rewards (as GRPO) before the weighting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError
+from ..math.advantages import group_advantages
+from ..math.losses import rwr_weights
+from .base import ALGORITHMS, Algorithm
+from .forward import denoising_error, forward_draws
+
+
+@dataclass(frozen=True)
+class RWRConfig:
+    temperature: float = 1.0  # of exp(A / temperature) on group-normalised advantages
+    max_weight: float = 5.0  # per-sample weights are clipped here (weights average ~1)
+    global_std: bool = True  # normalise advantages by the batch's std (see grpo)
+    adv_clip: float = 5.0
+    draws: int = 1  # (t, eps) draws per sample in each pass
+
+    def __post_init__(self):
+        if self.temperature <= 0 or self.max_weight <= 0 or self.draws < 1:
+            raise ConfigError(f"algorithm_options.temperature and max_weight must be > 0 and draws >= 1, got "
+                              f"{self.temperature}, {self.max_weight}, {self.draws}")
+
+
+@ALGORITHMS.register("rwr", "reward-weighted regression: denoising loss on own samples weighted by exp(A / temperature)")
+class RWR(Algorithm):
+    name = "rwr"
+    config_cls = RWRConfig
+
+    def advantages(self, rewards, prompts, group_size):
+        """-> the per-sample weights [B] over the whole (gathered) batch."""
+        c = self.config
+        adv = group_advantages(rewards, group_size, global_std=c.global_std, clip=c.adv_clip)
+        return rwr_weights(adv, c.temperature, c.max_weight)
+
+    def train_steps(self, traj, gen):
+        return [int(torch.randint(2**31 - 1, (1,), generator=gen)) for _ in range(self.config.draws)]
+
+    def diagnostic_windows(self, traj):
+        return [[0, 1]]
+
+    def _weighted(self, policy, traj, weights, draws, centre: bool):
+        x_t, t, target, prompts = forward_draws(policy, traj, draws)  # [K*B, ...]
+        err = denoising_error(policy.predict(x_t, t, prompts), target)  # [K*B]
+        w = weights.to(err).repeat(err.numel() // len(traj))  # [K*B]
+        return ((w - 1.0) if centre else w) * err, err
+
+    def step_loss(self, policy, traj, advantages, steps, reference, old=None):
+        loss, err = self._weighted(policy, traj, advantages, steps, centre=False)
+        return loss.mean(), {"rwr_err": float(err.detach().mean()), "rwr_weight_max": float(advantages.max())}
+
+    def signal_loss(self, policy, traj, advantages, steps, old=None):
+        """Without the reward-independent part (weight 1 on every sample: plain self-training)."""
+        return self._weighted(policy, traj, advantages, steps, centre=True)[0].mean()
