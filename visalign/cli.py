@@ -187,6 +187,17 @@ def cmd_make_pairs(args) -> None:
           f"in {time.time() - start:.0f} s")
 
 
+def cmd_compare(args) -> None:
+    from .compare import compare
+
+    res = compare(args.algorithms, budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, model=args.model,
+                  prompts=args.prompts, out=args.out, evals=args.evals, per_category=args.per_category,
+                  seed=args.seed, overrides=args.set)
+    print(res["header"])
+    print(res["table"])
+    print(f"wrote {Path(args.out) / 'compare.md'} and {Path(args.out) / 'compare.html'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visalign", description="RL fine-tuning of visual generative models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -242,6 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--seed", type=int, default=0)
     mp.add_argument("--out", required=True, help="dataset folder (must not exist)")
     mp.set_defaults(fn=cmd_make_pairs)
+
+    c = sub.add_parser("compare", help="several algorithms on one model, prompt set and budget: table + curves")
+    c.add_argument("algorithms", nargs="+", help="e.g. grpo ddpo nft diffusion_dpo online_dpo refl grpo:kl_beta=0.04")
+    c.add_argument("--budget-nfe", type=int, default=0, help="network evaluations of training per algorithm")
+    c.add_argument("--budget-minutes", type=float, default=0.0, help="or: training wall minutes per algorithm")
+    c.add_argument("--model", default="builtin:shapes-flow")
+    c.add_argument("--prompts", default="geneval-s", help="geneval-s, or geneval-s:CAT,CAT,CAT to hold categories out")
+    c.add_argument("--evals", type=int, default=4, help="held-out evaluations along each run")
+    c.add_argument("--per-category", type=int, default=50)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--set", action="append", default=[], help="key=value applied to every recipe, repeatable")
+    c.add_argument("--out", default="runs/compare")
+    c.set_defaults(fn=cmd_compare)
 
     t = sub.add_parser("pretrain", help="pretrain a built-in model from a recipe")
     t.add_argument("recipe")

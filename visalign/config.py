@@ -208,6 +208,7 @@ class TrainConfig:
     max_bad_updates: int = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
     budget_nfe: int = 0  # stop (evaluate, checkpoint) once training has used this many network evaluations; 0 = off
     budget_minutes: float = 0.0  # stop once training wall time (evaluation excluded) passes this; 0 = off
+    eval_every_nfe: int = 0  # also evaluate each time training's network evaluations pass a multiple of this
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -234,9 +235,9 @@ class TrainConfig:
         if self.diagnose_every < 0 or not 0 <= self.min_signal_share <= 1:
             raise ConfigError(f"train.diagnose_every must be >= 0 and train.min_signal_share in [0, 1], got "
                               f"{self.diagnose_every}, {self.min_signal_share}")
-        if self.budget_nfe < 0 or self.budget_minutes < 0:
-            raise ConfigError(f"train.budget_nfe and train.budget_minutes must be >= 0 (0 = no budget), got "
-                              f"{self.budget_nfe}, {self.budget_minutes}")
+        if self.budget_nfe < 0 or self.budget_minutes < 0 or self.eval_every_nfe < 0:
+            raise ConfigError(f"train.budget_nfe, budget_minutes and eval_every_nfe must be >= 0 (0 = off), got "
+                              f"{self.budget_nfe}, {self.budget_minutes}, {self.eval_every_nfe}")
         for k in ("eval_every", "checkpoint_every", "epochs", "eval_per_category", "lora_rank"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")

@@ -66,6 +66,22 @@ def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed:
             "images": images, "prompts": list(prompts)}
 
 
+def diversity(images: np.ndarray, prompts: list[str]) -> float:
+    """Mean pairwise pixel distance between the images of one prompt (mean |a - b| / 255 over pixels),
+    averaged over the prompts that have >= 2 images: it falls when a run collapses each prompt onto one
+    picture (mode collapse, reward hacking). images uint8 [N, H, W, 3]."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    per = []
+    for idx in by_prompt.values():
+        if len(idx) >= 2:
+            x = images[idx].reshape(len(idx), -1).astype(np.float32) / 255  # [k, D]
+            d = np.abs(x[:, None] - x[None]).mean(-1)  # [k, k]
+            per.append(d.sum() / (len(idx) * (len(idx) - 1)))
+    return float(np.mean(per)) if per else 0.0
+
+
 def format_table(result: dict) -> str:
     rows = [f"{'category':<14} {'score':>6}"] + [f"{c:<14} {s:>6.3f}" for c, s in result["categories"].items()]
     rows.append(f"{'overall':<14} {result['overall']:>6.3f}   (n={result['n']})")

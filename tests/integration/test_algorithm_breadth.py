@@ -122,3 +122,27 @@ def test_make_pairs_dataset(pairs, tmp_path, capsys):
     assert main(["make-pairs", "--model", "oracle", "--n-prompts", "2", "--out", str(tmp_path / "none")]) == 2
     assert "no pair had two different rewards" in capsys.readouterr().err
     assert not (tmp_path / "none").exists() and not list(tmp_path.glob(".none*"))
+
+
+def test_compare_runs_each_algorithm_on_one_budget(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "nft", "grpo:kl_beta=0.04", "--budget-nfe", "400", "--per-category", "2", "--evals", "2",
+                 "--set", "train.batch_size=8", "--set", "train.group_size=4", "--set", "sampling.steps=3",
+                 "--set", "train.minibatches=1", "--prompts", "geneval-s:single_object,colors,counting",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "compare.json").read_text())
+    assert [r["label"] for r in res["results"]] == ["nft", "grpo:kl_beta=0.04"]
+    for r in res["results"]:
+        assert 400 <= r["nfe"] < 400 + 8 * 3 * 4 * 2  # stopped at the first iteration past the budget
+        assert len(r["curve"]) >= 2 and r["base"] == res["results"][0]["base"]  # same base, same eval items
+        assert 0 < r["diversity"] < 1
+    grpo_recipe = json.loads((out / "grpo_kl_beta-0.04" / "recipe.json").read_text())
+    assert grpo_recipe["algorithm_options"]["kl_beta"] == 0.04
+    assert grpo_recipe["prompts"] == "geneval-s:single_object,colors,counting"
+    md = (out / "compare.md").read_text()
+    assert "held-in gain" in md and "diversity base" in md and (out / "compare.html").exists()
+    capsys.readouterr()
+    assert main(["compare", "nft", "bogus", "--budget-nfe", "10", "--out", str(out)]) == 2
+    assert "cannot compare 'bogus'; accepted: grpo," in capsys.readouterr().err
+    assert main(["compare", "nft", "--out", str(out)]) == 2
+    assert "give a budget" in capsys.readouterr().err

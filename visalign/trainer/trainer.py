@@ -21,7 +21,7 @@ import torch
 from ..algorithms import load_algorithm
 from ..config import TrainRecipe, build
 from ..distributed import Distributed
-from ..evaluate import evaluate, evaluate_reward
+from ..evaluate import diversity, evaluate, evaluate_reward
 from ..images import save_grid
 from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
@@ -456,7 +456,8 @@ class Trainer:
                     res = evaluate_reward(gen, self.reward, self.prompt_set, self.cfg.eval_per_category,
                                           self.cfg.eval_seed)
                 self._save_samples(it, res)
-            out = {"eval_overall": res["overall"], "eval_categories": res["categories"]}
+            out = {"eval_overall": res["overall"], "eval_categories": res["categories"],
+                   "eval_diversity": diversity(res["images"], res["prompts"])}
             if "partial" in res:
                 out["eval_partial"] = res["partial"]
         self.dist.barrier()
@@ -489,10 +490,12 @@ class Trainer:
             bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="train", dynamic_ncols=True)
         try:
             for it in range(self.iteration + 1, cfg.iterations + 1):
+                nfe_before = self.nfe
                 rec = self.train_iteration(it)
                 rec["wall_s"] = round(self.wall + sum(rec.pop("_times").values()), 3)
                 last = it == cfg.iterations or self.budget_spent(rec)
-                if it % cfg.eval_every == 0 or last:
+                by_nfe = cfg.eval_every_nfe and self.nfe // cfg.eval_every_nfe > nfe_before // cfg.eval_every_nfe
+                if it % cfg.eval_every == 0 or last or by_nfe:
                     rec.update(self.evaluate(it))
                 rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
                 self.wall = rec["wall_s"]
