@@ -122,7 +122,9 @@ def summarize_run(label: str, run: Path) -> dict:
     rows = read_metrics(run)
     evals = [r for r in rows if "eval_overall" in r]
     first, last = evals[0], evals[-1]
+    batch = json.loads((run / "recipe.json").read_text())["train"]["batch_size"]
     return {"label": label, "run": str(run), "nfe": last["nfe"], "wall_s": last["wall_s"],
+            "samples": last["iteration"] * batch,  # rollouts (or dataset images) trained on
             "base": first["eval_overall"], "final": last["eval_overall"],
             "base_categories": first["eval_categories"], "categories": last["eval_categories"],
             "base_diversity": first.get("eval_diversity"), "diversity": last.get("eval_diversity"),
@@ -142,14 +144,16 @@ def format_table(results: list[dict], split) -> str:
     cats = list(results[0]["categories"])
     short = {c: c.replace("single_object", "single").replace("two_object", "two").replace("color_attr", "attr")
              for c in cats}
-    head = ["algorithm", "train NFE", "wall min", "held-out base", "final", "gain", "gain / 100k NFE"]
+    head = ["algorithm", "samples", "train NFE", "wall min", "held-out base", "final", "gain", "gain / 1k samples",
+            "gain / 100k NFE"]
     head += [short[c] for c in cats] + (["held-in gain", "held-out-cat gain"] if split else [])
     head += ["diversity base", "final"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         gain = r["final"] - r["base"]
-        row = [r["label"], f"{r['nfe']:,}", f"{r['wall_s'] / 60:.1f}", f"{r['base']:.3f}", f"{r['final']:.3f}",
-               f"{gain:+.3f}", f"{gain / max(r['nfe'], 1) * 1e5:+.3f}"]
+        row = [r["label"], f"{r['samples']:,}", f"{r['nfe']:,}", f"{r['wall_s'] / 60:.1f}", f"{r['base']:.3f}",
+               f"{r['final']:.3f}", f"{gain:+.3f}", f"{gain / max(r['samples'], 1) * 1e3:+.3f}",
+               f"{gain / max(r['nfe'], 1) * 1e5:+.3f}"]
         row += [f"{r['categories'][c]:.2f}" for c in cats]
         if split:
             for group in split:

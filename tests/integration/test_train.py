@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -133,12 +134,15 @@ def test_nan_reward_skips_update_and_stops_after_limit(tiny_dir, tmp_path):
     assert t.iteration == 2  # iteration 1 trained, 2 skipped (logged), 3 skipped -> stop
 
 
-@pytest.mark.parametrize("recipe", ["geneval-s-grpo", "geneval-s-nft", "geneval-s-ddpo"])
+@pytest.mark.parametrize("recipe", ["geneval-s-grpo", "geneval-s-nft", "geneval-s-ddpo", "geneval-s-online-dpo"])
 def test_two_processes_equal_one(tiny_dir, tiny_ddpm_dir, tmp_path, recipe):
     if recipe == "geneval-s-ddpo":  # the diffusion family, and DDPO's per-prompt statistics, across processes
         tiny_dir = tiny_ddpm_dir
-    over = _overrides(tiny_dir, "train.iterations=2", "train.finetune=full", "reward=geneval_s", "reward_options.dense=true",
-                      "train.diagnose_every=2", "train.curriculum=variance")
+    # online DPO pairs samples within a group: one group per process, minibatches of whole groups
+    extra = (["train.minibatches=1", "reward=compressibility", "train.lr=1e-3"] if recipe == "geneval-s-online-dpo"
+             else ["reward=geneval_s", "reward_options.dense=true"])
+    over = _overrides(tiny_dir, "train.iterations=2", "train.finetune=full", "train.diagnose_every=2",
+                      "train.curriculum=variance", *extra)
     env = {**os.environ, "VISALIGN_THREADS": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "visalign.cli", "train", recipe, *over, "--out",
                           str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
@@ -152,7 +156,14 @@ def test_two_processes_equal_one(tiny_dir, tiny_ddpm_dir, tmp_path, recipe):
     b = load_file(str(tmp_path / "two" / "checkpoints" / "iter-000002" / "weights.safetensors"))
     base = load_file(str(tiny_dir / "model.safetensors"))
     assert max((a[k] - base[k]).abs().max().item() for k in a) > 1e-4  # training moved the weights
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    diff = {k: (a[k] - b[k]).abs().max().item() for k in a}
+    worst = sorted(diff.items(), key=lambda kv: -kv[1])[:4]
+    if recipe == "geneval-s-online-dpo":
+        # at lr 1e-3 Adam turns float-level gradient differences on tensors whose true gradient is ~0 (attention
+        # key biases: softmax ignores them) into steps of up to lr; a wrong pairing would move every tensor by ~lr
+        assert max(diff.values()) < 0.2 * 1e-3 and float(np.median(list(diff.values()))) < 1e-6, worst
+    else:
+        assert max(diff.values()) < 1e-5, worst
     ra, rb = _strip(read_metrics(tmp_path / "one")), _strip(read_metrics(tmp_path / "two"))
     assert [r["reward_mean"] for r in ra] == [r["reward_mean"] for r in rb]  # the same global batch, groups intact
     assert [r["nfe"] for r in ra] == [r["nfe"] for r in rb]

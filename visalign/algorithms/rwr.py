@@ -26,8 +26,11 @@ class RWRConfig:
     global_std: bool = True  # normalise advantages by the batch's std (see grpo)
     adv_clip: float = 5.0
     draws: int = 1  # (t, eps) draws per sample in each pass
+    kl_beta: float = 0.0  # weight of mean((pred - pred_ref)^2), a KL to the reference on the same noised points
 
     def __post_init__(self):
+        if self.kl_beta < 0:
+            raise ConfigError(f"algorithm_options.kl_beta must be >= 0, got {self.kl_beta}")
         if self.temperature <= 0 or self.max_weight <= 0 or self.draws < 1:
             raise ConfigError(f"algorithm_options.temperature and max_weight must be > 0 and draws >= 1, got "
                               f"{self.temperature}, {self.max_weight}, {self.draws}")
@@ -50,15 +53,26 @@ class RWR(Algorithm):
     def diagnostic_windows(self, traj):
         return [[0, 1]]
 
-    def _weighted(self, policy, traj, weights, draws, centre: bool):
+    @property
+    def uses_reference(self) -> bool:
+        return self.config.kl_beta > 0
+
+    def _weighted(self, policy, traj, weights, draws, centre: bool, reference=None):
         x_t, t, target, prompts = forward_draws(policy, traj, draws)  # [K*B, ...]
-        err = denoising_error(policy.predict(x_t, t, prompts), target)  # [K*B]
+        pred = policy.predict(x_t, t, prompts)
+        err = denoising_error(pred, target)  # [K*B]
         w = weights.to(err).repeat(err.numel() // len(traj))  # [K*B]
-        return ((w - 1.0) if centre else w) * err, err
+        kl = denoising_error(pred, reference.predict(x_t, t, prompts)) if reference is not None else None
+        return ((w - 1.0) if centre else w) * err, err, kl
 
     def step_loss(self, policy, traj, advantages, steps, reference, old=None):
-        loss, err = self._weighted(policy, traj, advantages, steps, centre=False)
-        return loss.mean(), {"rwr_err": float(err.detach().mean()), "rwr_weight_max": float(advantages.max())}
+        loss, err, kl = self._weighted(policy, traj, advantages, steps, centre=False,
+                                       reference=reference if self.uses_reference else None)
+        metrics = {"rwr_err": float(err.detach().mean()), "rwr_weight_max": float(advantages.max())}
+        if kl is not None:  # self-regression drifts (own samples are not the data); the reference anchors it
+            loss = loss + self.config.kl_beta * kl
+            metrics["kl"] = float(kl.detach().mean())
+        return loss.mean(), metrics
 
     def signal_loss(self, policy, traj, advantages, steps, old=None):
         """Without the reward-independent part (weight 1 on every sample: plain self-training)."""

@@ -42,13 +42,15 @@ class TrainingStopped(RuntimeError):
 
 
 class InstrumentedAdapter:
-    """A model adapter that counts network evaluations (images through the network) and times them."""
+    """A model adapter that counts network evaluations (images through the network) and times them. With
+    `counts`, another instrumented adapter's, both add to one count (a frozen reference copy's forwards
+    are part of what an algorithm costs)."""
 
-    def __init__(self, adapter, stopwatch: Stopwatch):
-        self._adapter, self._sw, self.nfe = adapter, stopwatch, 0
+    def __init__(self, adapter, stopwatch: Stopwatch, counts: "InstrumentedAdapter | None" = None):
+        self._adapter, self._sw, self._counts, self.nfe = adapter, stopwatch, counts, 0
 
     def predict(self, x, *a, **k):
-        self.nfe += x.shape[0]
+        (self._counts or self).nfe += x.shape[0]
         with self._sw("model"):
             return self._adapter.predict(x, *a, **k)
 
@@ -207,7 +209,7 @@ class Trainer:
             if self.algorithm.uses_reference:
                 ref_adapter = copy.deepcopy(adapter)
                 ref_adapter.module.requires_grad_(False)
-                self.ref_policy = make_policy(ref_adapter, self.sampling)
+                self.ref_policy = make_policy(InstrumentedAdapter(ref_adapter, self.sw, self.instrumented), self.sampling)
         self.reference = Reference(self.policy, self.module, self.ref_policy)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         decay = self.algorithm.old_ema
