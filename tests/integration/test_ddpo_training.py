@@ -8,7 +8,6 @@ moved them by more than 0.01 kB. A pretrained model, whose images follow the den
 
 import json
 
-import torch
 from safetensors.torch import load_file
 
 from visalign.cli import main

@@ -4,6 +4,7 @@ step. It never sees ranks, optimizers or models directly: the trainer owns those
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -82,6 +83,15 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def step_subset(steps: list[int], fraction: float, gen: torch.Generator) -> list[int]:
+    """A random ceil(fraction * len) of `steps`, in order (DDPO's and DanceGRPO's timestep_fraction)."""
+    k = max(1, math.ceil(fraction * len(steps)))
+    if k == len(steps):
+        return steps
+    pick = torch.randperm(len(steps), generator=gen)[:k]
+    return sorted(steps[i] for i in pick.tolist())
 
 
 def load_algorithm(name: str, options: dict | None = None) -> Algorithm:

@@ -17,7 +17,6 @@ whole in minibatches (`keeps_groups`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ import torch
 from ..config import ConfigError
 from ..math.advantages import pair_within_groups
 from ..math.losses import diffusion_dpo_loss, dpo_loss
-from .base import ALGORITHMS, Algorithm
+from .base import ALGORITHMS, Algorithm, step_subset
 from .forward import denoising_error, forward_draws
 
 
@@ -125,10 +124,7 @@ class OnlineDPO(Algorithm):
         return rewards.float()  # only the order within a group matters
 
     def train_steps(self, traj, gen):
-        steps = super().train_steps(traj, gen)
-        k = max(1, math.ceil(self.config.timestep_fraction * len(steps)))
-        pick = torch.randperm(len(steps), generator=gen)[:k]
-        return sorted(steps[i] for i in pick.tolist())
+        return step_subset(super().train_steps(traj, gen), self.config.timestep_fraction, gen)
 
     def _loss(self, policy, traj, advantages, steps, reference):
         w, l = _pairs(traj, advantages)  # [P], [P]

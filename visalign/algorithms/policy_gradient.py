@@ -12,7 +12,6 @@ KL (DPOK; Flow-GRPO's beta): between the step Gaussians of the policy and the re
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from ..config import ConfigError
 from ..math.losses import ppo_clip_loss
 from ..math.sde import flow_kl
-from .base import Algorithm
+from .base import Algorithm, step_subset
 
 ESTIMATORS = ("ppo", "sf")
 
@@ -52,12 +51,7 @@ class PolicyGradient(Algorithm):
     needs_log_prob = True
 
     def train_steps(self, traj, gen):
-        steps = super().train_steps(traj, gen)
-        k = max(1, math.ceil(self.config.timestep_fraction * len(steps)))
-        if k == len(steps):
-            return steps
-        pick = torch.randperm(len(steps), generator=gen)[:k]
-        return sorted(steps[i] for i in pick.tolist())
+        return step_subset(super().train_steps(traj, gen), self.config.timestep_fraction, gen)
 
     @property
     def uses_reference(self) -> bool:
