@@ -144,15 +144,16 @@ def format_table(results: list[dict], split) -> str:
     cats = list(results[0]["categories"])
     short = {c: c.replace("single_object", "single").replace("two_object", "two").replace("color_attr", "attr")
              for c in cats}
-    head = ["algorithm", "samples", "train NFE", "wall min", "held-out base", "final", "gain", "gain / 1k samples",
-            "gain / 100k NFE"]
+    head = ["algorithm", "samples", "train NFE", "wall min", "held-out base", "final", "gain", "best (at NFE)",
+            "gain / 1k samples", "gain / 100k NFE"]
     head += [short[c] for c in cats] + (["held-in gain", "held-out-cat gain"] if split else [])
     head += ["diversity base", "final"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         gain = r["final"] - r["base"]
         row = [r["label"], f"{r['samples']:,}", f"{r['nfe']:,}", f"{r['wall_s'] / 60:.1f}", f"{r['base']:.3f}",
-               f"{r['final']:.3f}", f"{gain:+.3f}", f"{gain / max(r['samples'], 1) * 1e3:+.3f}",
+               f"{r['final']:.3f}", f"{gain:+.3f}", "{:.3f} ({:,})".format(*max((c[2], c[0]) for c in r["curve"])),
+               f"{gain / max(r['samples'], 1) * 1e3:+.3f}",
                f"{gain / max(r['nfe'], 1) * 1e5:+.3f}"]
         row += [f"{r['categories'][c]:.2f}" for c in cats]
         if split:
