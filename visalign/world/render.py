@@ -96,14 +96,16 @@ def _place(rng: np.random.Generator, shapes_colors, resolution: int, relation: s
     raise RuntimeError(f"could not place {len(shapes_colors)} objects at {resolution}px")
 
 
-def sample_scene(spec: Spec, rng: np.random.Generator, resolution: int = 32) -> list[SceneObject]:
-    """A random scene that satisfies spec with no extra objects; unnamed colours are drawn uniformly."""
+def sample_scene(spec: Spec, rng: np.random.Generator, resolution: int = 32,
+                 extra: tuple[tuple[str, str], ...] = ()) -> list[SceneObject]:
+    """A random scene that satisfies spec with no extra objects; unnamed colours are drawn uniformly.
+    `extra`: (shape, colour) distractors placed as well (at most MAX_OBJECTS objects in all fit)."""
     items = []
     for o in spec.objects:
         for _ in range(o.count):
             color = o.color or COLOR_NAMES[rng.integers(len(COLOR_NAMES))]
             items.append((o.shape, color))
-    return _place(rng, items, resolution, spec.relation)
+    return _place(rng, items + list(extra), resolution, spec.relation)
 
 
 def render(spec: Spec, rng: np.random.Generator, resolution: int = 32) -> np.ndarray:
