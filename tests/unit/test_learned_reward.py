@@ -130,3 +130,35 @@ def test_metrics_against_hand_computed_values():
     assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 45])) == pytest.approx(1.0)
     m = agreement_metrics([1, 0, 1, 0], [0.9, 0.2, 0.4, 0.6], ["colors"] * 4, ["a", "a", "b", "b"])
     assert m["accuracy"] == 0.5 and m["categories"]["colors"]["n"] == 4 and m["auc"] == pytest.approx(0.75)
+
+
+def test_training_pairs_are_labelled_by_the_verifier_balanced_and_from_train_prompts():
+    from visalign.trainer.reward_pretrain import PairStream, RewardPretrainConfig, SpecEditor
+    from visalign.world import grammar, verify
+
+    editor = SpecEditor()
+    cfg = RewardPretrainConfig(batch_size=32, generator_fraction=0.0, morph_prob=0.5, distractor_prob=0.5)
+    stream = PairStream(cfg, editor, None, np.zeros(0, int), np.random.default_rng(0), 32)
+    b = stream.batch(32)
+    assert b["images"].shape == (32, 32, 32, 3) and b["labels"].sum() == 16
+    for img, prompt, label in zip(b["images"], b["prompts"], b["labels"]):
+        spec = grammar.parse_prompt(prompt)
+        assert spec.canonical() in editor.train_keys  # never a held-out prompt
+        assert verify.verify(img, spec).correct == bool(label)
+    n_objects = (b["aux_shape"] > 0).sum((1, 2))
+    assert (n_objects == (b["aux_color"] >= 0).sum((1, 2))).all() and n_objects.max() <= 5
+
+
+def test_reward_pretrain_recipe_runs_from_the_cli(tmp_path, capsys):
+    from visalign.cli import main
+
+    out = tmp_path / "rm"
+    rc = main(["pretrain", "geneval-s-reward-pretrain", "model.channels=[8,8,16]", "train.steps=2",
+               "train.batch_size=8", "train.warmup_steps=1", "train.generator_fraction=0",
+               "train.agreement_per_category=0", "--out", str(out)])
+    assert rc in (0, None)
+    assert "reward model trained" in capsys.readouterr().out
+    net = RewardNet.from_pretrained(out)
+    assert net.config.channels == (8, 8, 16) and (out / "pretrain_log.jsonl").is_file()
+    assert main(["pretrain", "geneval-s-reward-pretrain", "train.batch_size=7", "--out", str(out)]) == 2
+    assert "batch_size" in capsys.readouterr().err

@@ -3,15 +3,17 @@
 Every (image, prompt) pair is labelled by `world.verify`, never by how it was made. Candidates come from:
   renders    a random TRAIN-split prompt shown with a render of its own spec (mostly positives), or with a
              render of a minimally edited spec (wrong colour, count, shape, relation, swapped objects or
-             colours: mostly the hard negatives); sometimes with extra distractor objects in the scene
+             colours: mostly the hard negatives); sometimes with extra distractor objects in the scene, or
+             with morphed shapes (rounded / pinched squares, square-ish circles, blunt triangles, fat stars:
+             the verifier's shape boundaries, where the generators' shapes fall)
   generators samples of the bundled generators (builtin:shapes-flow, builtin:shapes-ddpm) for train prompts,
              drawn once at the start into an in-memory pool with the deterministic sampler, a stochastic one
              and other step counts / guidance scales; shown with their own prompt or with a related train prompt
 Then mild augmentations (horizontal flip with left <-> right swapped in the prompt, small shifts, blur, noise)
 and the verifier labels the final pair. Each batch holds as many accepted as rejected pairs from each source
 (so that 'looks like a render' is no cue for the label). Besides the label, the verifier's detections give a
-dense auxiliary target: the shape class and colour of the object centred at each cell of the network's last
-feature map (much more signal per image than one bit).
+dense target for the network's detection map: shape class, colour, log-area and centre offset of the object
+centred at each cell (much more signal per image than one bit).
 Only train-split prompts are ever shown to the network; the agreement report uses the held-out ("eval")
 prompts: the bundled generators' evaluation samples (visalign.evaluate's items) and renders.
 """
@@ -49,12 +51,15 @@ class RewardPretrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     generators: tuple[str, ...] = ("builtin:shapes-flow", "builtin:shapes-ddpm")  # sampled into the pool
-    pool_per_generator: int = 1536  # samples per generator (a third each: ODE default, stochastic, other steps/CFG)
+    pool_per_generator: int = 1536  # samples per generator on average (samplers: see sampler_settings)
+    pool_shares: tuple[float, ...] = ()  # relative pool share of each generator (empty: equal shares)
     pool_val_fraction: float = 0.1  # part of the pool kept out of training, to watch overfitting in the log
     generator_fraction: float = 0.5  # fraction of candidate pairs whose image comes from the pool
     own_prompt_prob: float = 0.5  # a pool image is shown with its own prompt, else with a related train prompt
     render_positive_prob: float = 0.4  # a render shows its own prompt's spec, else an edited spec
     distractor_prob: float = 0.3  # a render gets one or two extra objects (where they fit)
+    morph_prob: float = 0.5  # a render draws its objects as morphed shapes (rounded squares, square-ish circles,
+    #                          blunt triangles, fat stars...: the verifier's shape boundaries, where generators err)
     flip_prob: float = 0.5  # horizontal flip, 'left of' <-> 'right of' in the prompt
     shift_prob: float = 0.3  # translate by up to max_shift pixels (black fill)
     max_shift: int = 3
@@ -76,6 +81,9 @@ class RewardPretrainConfig:
                   "distractor_prob", "flip_prob", "blur_prob", "noise_prob"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ConfigError(f"{k} must be in [0, 1], got {getattr(self, k)}")
+        if self.pool_shares and (len(self.pool_shares) != len(self.generators) or min(self.pool_shares) <= 0):
+            raise ConfigError(f"pool_shares {list(self.pool_shares)} must hold one positive share per generator "
+                              f"({len(self.generators)})")
         if self.generator_fraction > 0 and (not self.generators or self.pool_per_generator < 3):
             raise ConfigError(f"generator_fraction {self.generator_fraction} > 0 needs generators and "
                               f"pool_per_generator >= 3 (got {list(self.generators)}, {self.pool_per_generator})")
@@ -178,15 +186,85 @@ def flip_prompt(prompt: str) -> str:
     return prompt.replace(" right of ", " left of ")
 
 
-def render_spec(spec: Spec, rng: np.random.Generator, resolution: int, distractors: int = 0) -> np.ndarray:
-    """A render of spec, with up to `distractors` extra random objects where they fit (at most MAX_OBJECTS)."""
+def _chaikin(poly: np.ndarray, iterations: int, r: float) -> np.ndarray:
+    """Corner cutting: each round replaces every corner by two points r and 1 - r along its edges."""
+    for _ in range(iterations):
+        nxt = np.roll(poly, -1, 0)
+        poly = np.stack([(1 - r) * poly + r * nxt, r * poly + (1 - r) * nxt], 1).reshape(-1, 2)
+    return poly
+
+
+def _pinch(poly: np.ndarray, depth: float, per_edge: int = 12) -> np.ndarray:
+    """Pull the middle of every edge towards the centre by `depth` (concave sides, as generators draw squares)."""
+    t = np.arange(per_edge) / per_edge
+    nxt = np.roll(poly, -1, 0)
+    pts = poly[:, None] + (nxt - poly)[:, None] * t[None, :, None]  # [V, per_edge, 2]
+    pts = pts * (1 - depth * np.sin(np.pi * t))[None, :, None]
+    return pts.reshape(-1, 2)
+
+
+def morph_polygon(shape: str, rng: np.random.Generator) -> np.ndarray:
+    """A random variant of a shape as a polygon filling [-1, 1]^2: circles and squares as superellipses
+    |x|^p + |y|^p = 1 (p = 2 a circle, large p a square; the ranges overlap at the verifier's boundary),
+    squares and triangles also with concave (pinched) sides, triangles with rounded corners, stars with a
+    random inner radius and rounding; a random aspect ratio and a small rotation. Whatever the verifier makes
+    of it is the label."""
+    if shape in ("square", "triangle") and rng.random() < 0.4:
+        poly = _pinch(render.POLYGONS[shape], rng.uniform(0.03, 0.3))
+    elif shape in ("circle", "square"):
+        p = float(np.exp(rng.uniform(np.log(1.6), np.log(3.5)) if shape == "circle" else
+                         rng.uniform(np.log(2.5), np.log(14.0))))
+        t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+        c, s = np.cos(t), np.sin(t)
+        poly = np.stack([np.sign(c) * np.abs(c) ** (2 / p), np.sign(s) * np.abs(s) ** (2 / p)], 1)
+    elif shape == "triangle":
+        poly = _chaikin(render.POLYGONS["triangle"].copy(), int(rng.integers(0, 4)), rng.uniform(0.08, 0.25))
+    else:
+        ang = -np.pi / 2 + np.arange(10) * np.pi / 5
+        rad = np.where(np.arange(10) % 2 == 0, 1.0, rng.uniform(0.3, 0.8))
+        poly = _chaikin(np.stack([rad * np.cos(ang), rad * np.sin(ang)], 1), int(rng.integers(0, 3)),
+                        rng.uniform(0.05, 0.2))
+    a = rng.uniform(-0.2, 0.2)  # radians
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    poly = poly @ rot.T * np.exp(rng.uniform(-0.15, 0.15, 2))
+    lo, hi = poly.min(0), poly.max(0)
+    return (poly - lo) / (hi - lo) * 2 - 1
+
+
+def draw_morphed(objects, resolution: int, rng: np.random.Generator, prob: float = 0.7) -> np.ndarray:
+    """render.draw, with each object drawn as morph_polygon(...) with probability `prob`."""
+    import cv2
+
+    from ..world.vocab import BACKGROUND, COLORS
+
+    ss = render.SUPERSAMPLE
+    canvas = np.empty((resolution * ss, resolution * ss, 3), np.uint8)
+    canvas[:] = BACKGROUND
+    for o in objects:
+        if rng.random() < prob:
+            unit = morph_polygon(o.shape, rng)
+        elif o.shape == "circle":
+            t = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+            unit = np.stack([np.cos(t), np.sin(t)], 1)
+        else:
+            unit = render.POLYGONS[o.shape]
+        pts = np.round((unit * (o.size / 2) + (o.cx, o.cy)) * ss * 16).astype(np.int32)
+        cv2.fillPoly(canvas, [pts], COLORS[o.color][0], cv2.LINE_8, shift=4)
+    return cv2.resize(canvas, (resolution, resolution), interpolation=cv2.INTER_AREA)
+
+
+def render_spec(spec: Spec, rng: np.random.Generator, resolution: int, distractors: int = 0,
+                morph: bool = False) -> np.ndarray:
+    """A render of spec, with up to `distractors` extra random objects where they fit (at most MAX_OBJECTS);
+    with `morph`, objects drawn as morphed shapes (draw_morphed)."""
     n = sum(o.count for o in spec.objects)
     k = min(distractors, MAX_OBJECTS - n)
     extra = tuple((SHAPES[rng.integers(len(SHAPES))], COLOR_NAMES[rng.integers(len(COLOR_NAMES))]) for _ in range(k))
     try:
-        return render.draw(render.sample_scene(spec, rng, resolution, extra), resolution)
+        scene = render.sample_scene(spec, rng, resolution, extra)
     except RuntimeError:  # could not place the distractors as well
-        return render.draw(render.sample_scene(spec, rng, resolution), resolution)
+        scene = render.sample_scene(spec, rng, resolution)
+    return draw_morphed(scene, resolution, rng) if morph else render.draw(scene, resolution)
 
 
 # ------------------------------------------------------------------------------------- generator pool
@@ -213,19 +291,22 @@ def sampler_settings(policy) -> list[tuple[str, object, float]]:
 
 
 def build_pool(generators, per_generator: int, editor: SpecEditor, rng: np.random.Generator, log=print,
-               chunk: int = 64) -> Pool:
-    """Sample each generator on random train prompts with the samplers of sampler_settings. Seeds come from rng."""
+               chunk: int = 64, shares: tuple[float, ...] = ()) -> Pool:
+    """Sample each generator on random train prompts with the samplers of sampler_settings, per_generator
+    samples each on average (split by `shares` when given). Seeds come from rng."""
+    shares = shares or (1.0,) * len(generators)
+    sizes = [int(round(per_generator * len(generators) * sh / sum(shares))) for sh in shares]
     from ..images import tensor_to_images
     from ..models.registry import load_model
     from ..policies import make_policy
 
     images, specs, sources = [], [], []
-    for name in generators:
+    for name, size in zip(generators, sizes):
         start = time.time()
         policy = make_policy(load_model(name))
         settings = sampler_settings(policy)
-        counts = [int(per_generator * share) for _, _, share in settings]
-        counts[0] += per_generator - sum(counts)
+        counts = [int(size * share) for _, _, share in settings]
+        counts[0] += size - sum(counts)
         jobs = [((tag, sampling), n) for (tag, sampling, _), n in zip(settings, counts)]
         for (tag, sampling), n in jobs:
             for i in range(0, n, chunk):
@@ -237,7 +318,7 @@ def build_pool(generators, per_generator: int, editor: SpecEditor, rng: np.rando
                 images.append(tensor_to_images(traj.images))
                 specs += batch
                 sources += [f"{name}|{tag}"] * m
-        log(f"pool: {per_generator} samples of {name} in {time.time() - start:.0f}s")
+        log(f"pool: {size} samples of {name} in {time.time() - start:.0f}s")
     return Pool(np.concatenate(images), specs, sources)
 
 
@@ -305,7 +386,7 @@ class PairStream:
         spec = ed.random_train(rng)
         shown = spec if rng.random() < cfg.render_positive_prob else ed.edit(spec, rng)
         distractors = int(rng.integers(1, 3)) if rng.random() < cfg.distractor_prob else 0
-        return render_spec(shown, rng, self.resolution, distractors), spec.prompt
+        return render_spec(shown, rng, self.resolution, distractors, morph=rng.random() < cfg.morph_prob), spec.prompt
 
     def augment(self, image: np.ndarray, prompt: str) -> tuple[np.ndarray, str]:
         cfg, rng = self.cfg, self.rng
@@ -543,7 +624,7 @@ def reward_pretrain(model_cfg: RewardNetConfig, cfg: RewardPretrainConfig, out: 
     editor = SpecEditor()
     pool, train_idx, val = None, np.zeros(0, int), None
     if cfg.generator_fraction > 0:
-        pool = build_pool(cfg.generators, cfg.pool_per_generator, editor, rng, log)
+        pool = build_pool(cfg.generators, cfg.pool_per_generator, editor, rng, log, shares=cfg.pool_shares)
         perm = rng.permutation(len(pool.specs))
         n_val = int(round(cfg.pool_val_fraction * len(perm)))
         val_idx, train_idx = np.sort(perm[:n_val]), perm[n_val:]
