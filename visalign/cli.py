@@ -198,6 +198,14 @@ def cmd_compare(args) -> None:
     print(f"wrote {Path(args.out) / 'compare.md'} and {Path(args.out) / 'compare.html'}")
 
 
+def cmd_serve_reward(args) -> None:
+    from .config import parse_override
+    from .rewards.server import serve
+
+    options = {".".join(key): value for key, value in map(parse_override, args.option)}
+    serve(args.name, args.port, options, args.host, args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visalign", description="RL fine-tuning of visual generative models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -267,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare")
     c.set_defaults(fn=cmd_compare)
 
+    sr = sub.add_parser("serve-reward", help="serve a reward over HTTP (JSON + PNG) for the `remote` reward")
+    sr.add_argument("name", help="a registered reward (see `visalign list`)")
+    sr.add_argument("--port", type=int, required=True)
+    sr.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    sr.add_argument("--device", default="cpu", help="where the reward's networks run, e.g. cuda")
+    sr.add_argument("--option", action="append", default=[], help="reward option key=value, repeatable")
+    sr.set_defaults(fn=cmd_serve_reward)
+
     t = sub.add_parser("pretrain", help="pretrain a built-in model from a recipe")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
@@ -282,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .models.builtin import CheckpointError
     from .registry import RegistryError
+    from .rewards.server import RemoteRewardError
     from .trainer.checkpoint import ResumeError
     from .trainer.trainer import TrainingStopped
     from .world.grammar import PromptError
@@ -292,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (PromptError, ConfigError, CheckpointError, RegistryError, ResumeError, CapabilityError, TrainingStopped,
-            ValueError, FileNotFoundError) as e:
+            RemoteRewardError, ValueError, FileNotFoundError) as e:
         print(f"visalign {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

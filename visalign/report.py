@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 from .trainer.checkpoint import atomic_write_text
@@ -55,6 +56,19 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" style="image-rendering:pixelated;max-width:100%">'
 
 
+def reward_details_section(train: list[dict]) -> str:
+    """One small chart per logged reward detail (reward_<name>: the components of a `combine` reward, a
+    verifier's partial score, a JPEG size...), each on its own axis since their units differ."""
+    keys = sorted({k for r in train for k in r if k.startswith("reward_") and k not in ("reward_mean", "reward_std")
+                   and isinstance(r[k], (int, float))})
+    if not keys:
+        return ""
+    finite = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731  (dropped batches)
+    charts = [svg_lines({k[7:]: [(r["iteration"], finite(r.get(k))) for r in train]}, "iteration", k[7:], width=300,
+                        height=180) for k in keys]
+    return "<h3>Reward components and details (batch means, raw units)</h3>" + "".join(charts)
+
+
 def write_report(run: str | Path) -> Path:
     run = Path(run)
     rows = read_metrics(run)
@@ -95,6 +109,7 @@ def write_report(run: str | Path) -> Path:
     if train:
         parts.append("<h2>Training reward</h2>")
         parts.append(svg_lines({"reward mean": [(r["iteration"], r["reward_mean"]) for r in train]}, "iteration", "reward"))
+        parts.append(reward_details_section(train))
         losses = [(r["iteration"], r.get("loss")) for r in train]
         parts.append(svg_lines({"loss": losses}, "iteration", "loss"))
         diag = [r for r in train if "diag_signal_share" in r]

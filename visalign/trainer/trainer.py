@@ -127,6 +127,8 @@ class PromptSampler:
 
     def observe(self, prompts: list[str], rewards: torch.Tensor, group_size: int) -> None:
         """Update the per-category running within-group variance from one batch's gathered rewards [B]."""
+        if not bool(torch.isfinite(rewards).all()):  # a dropped batch (NaN rewards) says nothing about variance
+            return
         var = rewards.float().view(-1, group_size).var(1, unbiased=False)  # [G]
         per: dict[str, list[float]] = {}
         for g, v in enumerate(var.tolist()):
@@ -195,7 +197,7 @@ class Trainer:
         self.sampling = build(policy_class(adapter).Sampling, recipe.sampling, "sampling")
         self.instrumented = InstrumentedAdapter(adapter, self.sw)
         self.policy = make_policy(self.instrumented, self.sampling)
-        self.reward = load_reward(recipe.reward, **recipe.reward_options)
+        self.reward = load_reward(recipe.reward, **recipe.reward_options).to(self.dist.device)
         self.algorithm = load_algorithm(recipe.algorithm, recipe.algorithm_options)
         self.algorithm.check(self.policy, self.reward, self.sampling)
         self.pairs = self._pairs_dataset(recipe, per_rank)
@@ -264,9 +266,14 @@ class Trainer:
         with self.sw("rollout"):
             traj = self.policy.sample(prompts_all[local], seeds_all[local], sampling, init_seeds=init)
         traj.extras["group_size"] = cfg.group_size
+        # the reward sees the grouping (samples of one prompt), for per-group normalisation (rewards/combine.py)
+        meta = {"group_size": cfg.group_size, "group_ids": torch.arange(cfg.batch_size)[local] // cfg.group_size}
         with self.sw("reward"):
-            scores = self.reward(traj.images, traj.prompts).scores.float().to(self.dist.device)
+            out = self.reward(traj.images, traj.prompts, meta)
+        scores = out.scores.float().to(self.dist.device)
         rewards_all = self.dist.gather(scores)  # [B_global]
+        self.reward_details = {f"reward_{k}": float(self.dist.all_reduce_mean(v.detach().float().mean().cpu()))
+                               for k, v in out.details.items() if isinstance(v, torch.Tensor) and v.shape == scores.shape}
         self.prompts.observe(prompts_all, rewards_all.cpu(), cfg.group_size)
         return traj, prompts_all, rewards_all, local
 
@@ -531,6 +538,7 @@ class Trainer:
         nfe0 = self.instrumented.nfe
         traj, prompts_all, rewards_all, local = self.rollout(it)
         rec = {"iteration": it, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std(unbiased=False))}
+        rec.update(getattr(self, "reward_details", {}) if self.pairs is None else {})  # per-component means (combine)
         if not bool(torch.isfinite(rewards_all).all()):
             self._bad(f"iteration {it}: non-finite reward; update skipped")
             rec["loss"] = None

@@ -1,0 +1,111 @@
+"""`combine`: a weighted sum of several rewards, each normalised inside the trainer's groups first.
+
+    reward: combine
+    reward_options:
+      normalize: group          # group (default) | batch | none
+      components:
+        geneval_s: {weight: 1.0}
+        compressibility: {weight: 0.5, options: {quality: 90}}
+
+Each component's scores are standardised within each group of samples of one prompt (metadata["group_ids"],
+passed by the trainer) before weighting: (r - mean_group) / (std_group + eps). Rewards on different scales
+(a 0-1 verifier, a JPEG size in kB, PickScore's ~20) then pull with the weights given, not with their units;
+this is the per-reward group normalisation of multi-reward GRPO (Flow-GRPO's multi-reward runs normalise each
+reward's advantages before summing). Without group information (evaluation, group_size 1) the whole batch is
+one group. `normalize: batch` uses the batch; `none` sums the raw scores (then a reward's scale is its weight).
+Every component's raw scores are returned in details under its name, so the trainer logs each one."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..types import RewardOutput
+from .base import REWARDS, Reward, load_reward
+
+NORMALIZE = ("group", "batch", "none")
+
+
+def group_standardize(r: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """r [B], group_ids [B] (any integer labels) -> (r - group mean) / (group std + eps) [B]; population std,
+    so a group whose samples all scored the same gives 0 for all of them (it carries no preference)."""
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [B] in 0..G-1
+    n_groups = int(inv.max()) + 1
+    inv = inv.to(r.device)
+    count = torch.zeros(n_groups, device=r.device, dtype=r.dtype).index_add_(0, inv, torch.ones_like(r))  # [G]
+    mean = torch.zeros_like(count).index_add_(0, inv, r) / count  # [G]
+    dev = r - mean[inv]  # [B]
+    std = (torch.zeros_like(count).index_add_(0, inv, dev * dev) / count).sqrt()  # [G]
+    return dev / (std[inv] + eps)
+
+
+class CombinedReward(Reward):
+    """sum_k weight_k * normalise(reward_k(images)); components: {name: (Reward, weight)}."""
+
+    name = "combine"
+
+    def __init__(self, components: dict[str, tuple[Reward, float]], normalize: str = "group", eps: float = 1e-6):
+        if not components:
+            raise ValueError("combine needs at least one component: components: {REWARD: {weight: W}}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"combine: normalize='{normalize}' is not one of {NORMALIZE}")
+        self.components, self.normalize, self.eps = dict(components), normalize, eps
+        rewards = [r for r, _ in self.components.values()]
+        self.differentiable = all(r.differentiable for r in rewards)
+        self.needs_text = any(r.needs_text for r in rewards)
+        if normalize == "none":
+            lo = sum(min(w * r.value_range[0], w * r.value_range[1]) for r, w in self.components.values())
+            hi = sum(max(w * r.value_range[0], w * r.value_range[1]) for r, w in self.components.values())
+            self.value_range = (lo, hi)
+        else:
+            self.value_range = (-math.inf, math.inf)
+
+    def to(self, device) -> "CombinedReward":
+        self.device = torch.device(device)
+        for r, _ in self.components.values():
+            r.to(device)
+        return self
+
+    def group_ids(self, n: int, metadata: dict | None) -> torch.Tensor:
+        meta = metadata or {}
+        if self.normalize == "group" and meta.get("group_ids") is not None:
+            ids = torch.as_tensor(meta["group_ids"]).long()  # [B]
+            if ids.shape != (n,):
+                raise ValueError(f"combine: metadata['group_ids'] has shape {tuple(ids.shape)}, expected ({n},)")
+            if len(torch.unique(ids)) < n:  # groups of one sample have no spread: use the batch instead
+                return ids
+        return torch.zeros(n, dtype=torch.long)
+
+    def __call__(self, images, prompts, metadata=None) -> RewardOutput:
+        ids = self.group_ids(len(images), metadata)
+        total, details = None, {}
+        for name, (reward, weight) in self.components.items():
+            r = reward(images, prompts, metadata).scores.float()  # [B]
+            details[name] = r.detach()
+            z = r if self.normalize == "none" else group_standardize(r, ids, self.eps)  # [B]
+            total = weight * z if total is None else total + weight * z.to(total.device)
+        return RewardOutput(total, details)
+
+
+def _parse_components(components) -> dict[str, tuple[Reward, float]]:
+    if not isinstance(components, dict) or not components:
+        raise ValueError("combine: reward_options.components must be a mapping {REWARD: {weight: W, options: {...}}}, "
+                         f"got {components!r}")
+    out = {}
+    for name, spec in components.items():
+        spec = {"weight": 1.0} if spec is None else spec
+        if not isinstance(spec, dict) or set(spec) - {"weight", "options", "reward"}:
+            raise ValueError(f"combine: component '{name}' must be {{weight: W, options: {{...}}, reward: NAME}} "
+                             f"(reward defaults to the key, to use one reward twice), got {spec!r}")
+        weight = spec.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"combine: component '{name}' weight must be a finite number, got {weight!r}")
+        out[name] = (load_reward(spec.get("reward", name), **(spec.get("options") or {})), float(weight))
+    return out
+
+
+@REWARDS.register("combine", "weighted sum of rewards, each standardised within the prompt's group first; options: "
+                  "components {REWARD: {weight, options}}, normalize group|batch|none")
+def _combine(components=None, normalize: str = "group", eps: float = 1e-6):
+    return CombinedReward(_parse_components(components), normalize, eps)
