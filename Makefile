@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch; an unpinned torch would pull several GB of CUDA wheels.
 TORCH   := torch==2.13.0
 
-.PHONY: demo test install clean pretrain
+.PHONY: demo test install clean pretrain tesseract
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -21,7 +21,15 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/visalign train geneval-s-nft --out runs/demo
 
-test: $(STAMP)
+# The `ocr` reward runs the tesseract binary (Debian package tesseract-ocr): installed when missing and apt-get
+# can run (root, or sudo without a password); otherwise a one-line note, and the OCR tests skip saying why.
+tesseract:
+	@command -v tesseract >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y -q tesseract-ocr >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q tesseract-ocr >/dev/null; }; \
+	  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then sudo apt-get install -y -q tesseract-ocr >/dev/null || { sudo apt-get update -q >/dev/null && sudo apt-get install -y -q tesseract-ocr >/dev/null; }; \
+	  else echo "note: tesseract is missing: install the package tesseract-ocr (Debian/Ubuntu: apt-get install tesseract-ocr) for the ocr reward; its tests will skip"; fi; }
+
+test: $(STAMP) tesseract
 	$(BIN)/python -m pytest tests
 
 pretrain: $(STAMP)

@@ -1,6 +1,7 @@
 """Prompt sets a run trains and evaluates on: `geneval-s` (the six categories of the shapes world, train and
 held-out splits; evaluated by the exact verifier), `animals` (DDPO's kind of prompt set: common animal
-names, for rewards that judge the image alone, e.g. compressibility), or `file:PATH` (one prompt a line).
+names, for rewards that judge the image alone, e.g. compressibility), `text` (signs that say a short word,
+world/text.py; held-out words, for the `ocr` reward), or `file:PATH` (one prompt a line).
 
 A set has categories, each with train prompts and held-out eval prompts; runs on a set other than
 geneval-s are evaluated by the mean of the training reward on the eval prompts (deterministic sampler).
@@ -63,6 +64,10 @@ def load_prompt_set(spec: str) -> PromptSet:
             raise ValueError(f"unknown GenEval-S categories {unknown} in '{spec}'; accepted: {', '.join(CATEGORIES)}")
         return PromptSet(spec, {c: grammar.prompts(c, "train") for c in CATEGORIES if c in train_cats},
                          {c: grammar.prompts(c, "eval") for c in CATEGORIES}, verifier=True)
+    if spec == "text":  # signs with a word (world/text.py): held-out words never trained on, scored by `ocr`
+        from .world import text
+
+        return PromptSet(spec, {"text": text.prompts("train")}, {"text": text.prompts("eval")})
     if spec == "animals":
         train, held = _split([f"a {a}" for a in ANIMALS], spec)
         return PromptSet(spec, {"animals": train}, {"animals": held})
@@ -75,4 +80,5 @@ def load_prompt_set(spec: str) -> PromptSet:
             raise ValueError(f"prompt file {path} holds no prompts (one prompt a line)")
         train, held = _split(lines, spec)
         return PromptSet(spec, {path.stem: train}, {path.stem: held})
-    raise ValueError(f"unknown prompt set '{spec}'; accepted: geneval-s, geneval-s:CAT,CAT, animals, file:PATH")
+    raise ValueError(f"unknown prompt set '{spec}'; accepted: geneval-s, geneval-s:CAT,CAT, text, animals, "
+                     f"file:PATH")

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..math import schedules
-from .text import TextEncoder, WordTokenizer
+from .text import PARSERS, TASKS, TextEncoder, make_tokenizer
 from .unet import UNet
 
 CONFIG_NAME = "config.json"
@@ -35,7 +35,9 @@ class CheckpointError(RuntimeError):
 @dataclass(frozen=True)
 class ShapesModelConfig:
     prediction: str = "velocity"
-    resolution: int = 32
+    resolution: int = 32  # image height (and width unless `width` is set)
+    width: int = 0  # image width; 0 = square (the text task's signs are 32 x 64)
+    task: str = "shapes"  # the world task it draws: its prompt tokens and pretraining data (models/text.py TASKS)
     channels: tuple[int, ...] = (32, 64, 128)
     attention: tuple[bool, ...] = (False, True, True)
     heads: int = 4
@@ -50,11 +52,19 @@ class ShapesModelConfig:
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction '{self.prediction}' is not one of {', '.join(PREDICTIONS)}")
-        if self.resolution % (2 ** len(self.channels)) != 0:
-            raise ValueError(
-                f"resolution {self.resolution} must be divisible by 2^{len(self.channels)} = "
-                f"{2 ** len(self.channels)} (one halving per UNet level)"
-            )
+        for name, size in (("resolution", self.resolution), ("width", self.width)):
+            if size % (2 ** len(self.channels)) != 0:
+                raise ValueError(
+                    f"{name} {size} must be divisible by 2^{len(self.channels)} = "
+                    f"{2 ** len(self.channels)} (one halving per UNet level)"
+                )
+        if self.task not in TASKS:
+            raise ValueError(f"task '{self.task}' is not one of {', '.join(TASKS)}")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the images the model draws."""
+        return self.resolution, self.width or self.resolution
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShapesModelConfig":
@@ -85,7 +95,7 @@ class ShapesModel(nn.Module):
     def __init__(self, config: ShapesModelConfig):
         super().__init__()
         self.config = config
-        self.tokenizer = WordTokenizer(max_length=config.max_prompt_words)
+        self.tokenizer = make_tokenizer(config.task, config.max_prompt_words)
         self.text_encoder = TextEncoder(
             self.tokenizer.vocab_size, config.text_dim, config.text_layers, config.heads, config.max_prompt_words
         )
@@ -171,8 +181,7 @@ class _ShapesAdapter:
             raise ValueError(f"a {self.family} adapter needs a {' or '.join(self.predictions)} model, this one "
                              f"predicts {model.config.prediction}")
         self.model = model
-        r = model.config.resolution
-        self.latent_shape = (3, r, r)
+        self.latent_shape = (3, *model.config.image_size)
         self.default_steps = model.config.sample_steps
         self.default_guidance = model.config.guidance_scale
 
@@ -183,6 +192,10 @@ class _ShapesAdapter:
 
     def encode(self, prompts: list[str]) -> TextCondition:
         return self.model.encode_prompts(prompts)
+
+    def parse_prompt(self, prompt: str):
+        """The prompt's spec in the model's world task (a one-line PromptError for a prompt outside it)."""
+        return PARSERS[self.model.config.task](prompt)
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
         return self.model(x, t, cond)

@@ -50,12 +50,13 @@ class PolicyGenerator:
         self.policy = make_policy(adapter)
         self.sampling = self.policy.eval_sampling(steps, guidance)
         self.batch_size = batch_size
-        self.validate = validate  # prompts must be GenEval-S prompts (a clear error for a typo)
+        self.validate = validate  # prompts must parse in the model's world task (a clear error for a typo)
+        self.parse = getattr(adapter, "parse_prompt", grammar.parse_prompt)  # built-in text models: the text grammar
 
     def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
         for p in prompts if self.validate else []:
             if p:
-                grammar.parse_prompt(p)
+                self.parse(p)
         out = []
         for i in range(0, len(prompts), self.batch_size):
             traj = self.policy.sample(prompts[i : i + self.batch_size], seeds[i : i + self.batch_size], self.sampling)
@@ -82,6 +83,12 @@ def _shapes_flow(path: str | None = None):
                  "(option: path)")
 def _shapes_ddpm(path: str | None = None):
     return ShapesDiffusionAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-ddpm"))
+
+
+@MODELS.register("builtin:text-flow", "bundled 0.68M-param rectified-flow UNet of the text task: signs that say a "
+                 "1-4 letter word, 32x64 (option: path)")
+def _text_flow(path: str | None = None):
+    return ShapesFlowAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "text-flow"))
 
 
 DIFFUSERS_PREFIX = "diffusers:"

@@ -7,26 +7,33 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..world.grammar import PromptError
+from ..world import text as text_world
+from ..world.grammar import PromptError, parse_prompt
 from ..world.vocab import vocabulary
 
 PAD, NULL = 0, 1
 
 
-class WordTokenizer:
-    """Prompt -> ids over a fixed word list. ids: 0 pad, 1 null (empty prompt), 2.. the words."""
+def _lower_words(prompt: str) -> list[str]:
+    return prompt.strip().lower().split()
 
-    def __init__(self, words: tuple[str, ...] | None = None, max_length: int = 8):
+
+class WordTokenizer:
+    """Prompt -> ids over a fixed word list. ids: 0 pad, 1 null (empty prompt), 2.. the words. `split` cuts
+    a prompt into tokens (default: lower-cased words; the text task: template words, then one per letter)."""
+
+    def __init__(self, words: tuple[str, ...] | None = None, max_length: int = 8, split=_lower_words):
         self.words = tuple(words or vocabulary())
         self.ids = {w: i + 2 for i, w in enumerate(self.words)}
         self.max_length = max_length
+        self.split = split
 
     @property
     def vocab_size(self) -> int:
         return len(self.words) + 2
 
     def encode(self, prompt: str) -> list[int]:
-        words = prompt.strip().lower().split()
+        words = self.split(prompt)
         if not words:
             return [NULL]
         for w in words:
@@ -45,6 +52,16 @@ class WordTokenizer:
             ids = self.encode(p)
             out[i, : len(ids)] = torch.tensor(ids)
         return out
+
+
+# The world tasks a built-in model can draw: task -> (its token list, how a prompt splits into tokens).
+TASKS = {"shapes": (vocabulary, _lower_words), "text": (text_world.vocabulary, text_world.prompt_tokens)}
+PARSERS = {"shapes": parse_prompt, "text": text_world.parse_prompt}  # task -> prompt -> its spec
+
+
+def make_tokenizer(task: str, max_length: int) -> WordTokenizer:
+    words, split = TASKS[task]
+    return WordTokenizer(words(), max_length, split)
 
 
 class TextEncoder(nn.Module):

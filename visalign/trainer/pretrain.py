@@ -1,4 +1,5 @@
-"""Supervised pretraining of a built-in shapes model on freshly rendered GenEval-S train scenes.
+"""Supervised pretraining of a built-in model on freshly rendered train scenes of its world task (GenEval-S
+shapes, or the text task's signs).
 
 Flow objective (rectified flow, as SD3): x_t = (1 - t) x0 + t x1, the network predicts v = x1 - x0.
 DDPM objective on the cosine schedule: x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, the network predicts eps, or
@@ -22,7 +23,7 @@ from ..config import PretrainConfig
 from ..images import images_to_tensor
 from ..math import schedules
 from ..models.builtin import ShapesModel, ShapesModelConfig
-from ..world import grammar, render
+from ..world import grammar, render, text
 from ..world.vocab import CATEGORIES
 
 
@@ -42,6 +43,21 @@ class SceneStream:
             prompts.append(spec.prompt)
             images.append(render.render(spec, self.rng, self.resolution))
         return prompts, np.stack(images)
+
+
+class TextStream:
+    """Random train-split words (world/text.py; held-out words never appear) and a fresh render of each."""
+
+    def __init__(self, seed: int, resolution: int):
+        self.rng = np.random.default_rng(seed)
+        self.words = text.split_words("train")
+
+    def batch(self, n: int) -> tuple[list[str], np.ndarray]:
+        words = [self.words[i] for i in self.rng.integers(len(self.words), size=n)]
+        return [text.TextSpec(w).prompt for w in words], np.stack([text.render(w, self.rng) for w in words])
+
+
+STREAMS = {"shapes": SceneStream, "text": TextStream}  # the model config's task -> its training data
 
 
 def sample_t(n: int, how: str, gen: torch.Generator) -> torch.Tensor:
@@ -84,7 +100,7 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
     model = (init if init is not None else ShapesModel(model_cfg)).train()
     model_cfg = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    stream = SceneStream(cfg.seed, model_cfg.resolution)
+    stream = STREAMS[model_cfg.task](cfg.seed, model_cfg.resolution)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"pretraining {model_cfg.prediction} model, {n_params / 1e6:.2f}M params, {cfg.steps} steps x {cfg.batch_size}")
     start, seen = time.time(), 0

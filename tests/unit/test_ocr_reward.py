@@ -1,0 +1,99 @@
+"""The `ocr` reward with the real tesseract (Debian tesseract-ocr): the edit-distance score on hand-worked
+pairs, >= 0.95 on clean renders of the text task, lower and lower as more letters are corrupted, and a clear
+error when the binary is missing."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from visalign.images import images_to_tensor
+from visalign.rewards import load_reward
+from visalign.rewards.ocr import TesseractMissing, edit_distance, ocr_score
+from visalign.world import text
+from visalign.world.grammar import PromptError
+
+needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None,
+                                     reason="the tesseract binary is absent (Debian package tesseract-ocr; "
+                                            "`make test` and .ci/run install it)")
+
+
+@pytest.mark.parametrize("a, b, d", [("CAT", "CAT", 0), ("CAT", "CUT", 1), ("KITTEN", "SITTING", 3),
+                                     ("", "ABC", 3), ("ABCD", "BCDA", 2), ("STOP", "POTS", 4)])
+def test_edit_distance_hand_worked(a, b, d):
+    assert edit_distance(a, b) == d == edit_distance(b, a)
+
+
+def test_score_is_one_minus_normalised_distance():
+    assert ocr_score("CAT", "CAT") == 1.0
+    assert ocr_score("CAT", "CUT") == pytest.approx(1 - 1 / 3)
+    assert ocr_score("CAT", "CATS") == pytest.approx(1 - 1 / 4)  # normalised by the longer string
+    assert ocr_score("CAT", "") == 0.0 and ocr_score("", "") == 1.0
+    assert ocr_score("GO", "XXXXXX") == 0.0  # never below 0
+
+
+def test_missing_binary_names_the_debian_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without tesseract
+    with pytest.raises(TesseractMissing) as e:
+        load_reward("ocr")
+    msg = str(e.value)
+    assert "tesseract-ocr" in msg and "apt-get install" in msg and "\n" not in msg
+
+
+def _score(reward, images: np.ndarray, words: list[str]) -> np.ndarray:
+    out = reward(images_to_tensor(images), [text.TextSpec(w).prompt for w in words])
+    assert len(out.details["read"]) == len(words)
+    return out.scores.numpy()
+
+
+@needs_tesseract
+def test_clean_renders_score_at_least_095():
+    rng = np.random.default_rng(0)
+    words = list(text.WORDS[::3])  # 93 words: single letters, train and held-out words, every length
+    images = np.stack([text.render(w, rng) for w in words])
+    scores = _score(load_reward("ocr", workers=2, chunk=16), images, words)
+    assert scores.mean() >= 0.95, [(w, s) for w, s in zip(words, scores) if s < 1]
+
+
+def _blank_last(word: str, k: int, rng) -> np.ndarray:
+    """The render of `word` with its last k letters painted over in white (the letter boxes from OpenCV's
+    text metrics at the renderer's font)."""
+    canvas = text.render(word, jitter=False).copy()
+    prefix = word[: len(word) - k]
+    w_prefix = cv2.getTextSize(prefix, text.FONT, text.FONT_SCALE, text.THICKNESS)[0][0] if prefix else 0
+    canvas[:, text.LEFT + w_prefix + 1:] = 255
+    return canvas
+
+
+@needs_tesseract
+def test_reward_drops_as_more_letters_are_corrupted():
+    rng = np.random.default_rng(1)
+    reward = load_reward("ocr")
+    words = [w for w in text.WORDS if len(w) == 4][::2]  # 4-letter words
+    # overwrite k letters with other letters (a render of the misspelt word), and blank out the last k letters
+    letters = list(text.ALPHABET)
+    swapped, blanked = [], []
+    for k in range(4):
+        imgs = []
+        for w in words:
+            pos = rng.choice(4, size=k, replace=False)
+            wrong = "".join(letters[(letters.index(c) + 7) % 26] if i in pos else c for i, c in enumerate(w))
+            imgs.append(text.render(wrong, rng))
+        swapped.append(_score(reward, np.stack(imgs), words).mean())
+        blanked.append(_score(reward, np.stack([_blank_last(w, k, rng) for w in words]), words).mean())
+    assert swapped[0] >= 0.95 and blanked[0] >= 0.95
+    assert all(a > b + 0.1 for a, b in zip(swapped, swapped[1:])), swapped  # ~1, 0.75, 0.5, 0.25
+    assert all(a > b + 0.1 for a, b in zip(blanked, blanked[1:])), blanked
+    assert swapped[3] < 0.45 and blanked[3] < 0.45
+
+
+@needs_tesseract
+def test_blank_images_score_zero_and_bad_prompts_are_refused():
+    reward = load_reward("ocr")
+    blank = np.full((2, 32, 64, 3), 255, np.uint8)
+    assert _score(reward, blank, ["CAT", "A"]).tolist() == [0.0, 0.0]
+    with pytest.raises(PromptError, match="outside the OCR alphabet"):
+        reward(images_to_tensor(blank[:1]), ['a sign that says "c@t"'])
+    with pytest.raises(ValueError, match="workers \\(0\\) and chunk \\(16\\) must be >= 1"):
+        load_reward("ocr", workers=0)
