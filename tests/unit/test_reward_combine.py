@@ -95,7 +95,7 @@ def test_unknown_reward_names_the_available_ones():
     with pytest.raises(RegistryError) as e:
         load_reward("pick_score")
     msg = str(e.value)
-    assert "unknown reward 'pick_score'" in msg and "compressibility" in msg and "combine" in msg and "\n" not in msg
+    assert "unknown reward 'pick_score'" in msg and "pickscore" in msg and "combine" in msg and "\n" not in msg
     with pytest.raises(RegistryError, match="unknown reward 'nope'"):
         load_reward("combine", components={"nope": {"weight": 1}})
 

@@ -197,7 +197,9 @@ class Trainer:
         self.sampling = build(policy_class(adapter).Sampling, recipe.sampling, "sampling")
         self.instrumented = InstrumentedAdapter(adapter, self.sw)
         self.policy = make_policy(self.instrumented, self.sampling)
-        self.reward = load_reward(recipe.reward, **recipe.reward_options).to(self.dist.device)
+        self.reward = load_reward(recipe.reward, **recipe.reward_options)
+        if hasattr(self.reward, "to"):  # learned rewards run where the policy does
+            self.reward.to(self.dist.device)
         self.algorithm = load_algorithm(recipe.algorithm, recipe.algorithm_options)
         self.algorithm.check(self.policy, self.reward, self.sampling)
         self.pairs = self._pairs_dataset(recipe, per_rank)
