@@ -97,3 +97,29 @@ def test_blank_images_score_zero_and_bad_prompts_are_refused():
         reward(images_to_tensor(blank[:1]), ['a sign that says "c@t"'])
     with pytest.raises(ValueError, match="workers \\(0\\) and chunk \\(16\\) must be >= 1"):
         load_reward("ocr", workers=0)
+
+
+def _fake_tesseract(tmp_path, monkeypatch, script: str):
+    exe = tmp_path / "tesseract"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    return load_reward("ocr", chunk=4)
+
+
+def test_a_crashed_chunk_is_read_image_by_image(tmp_path, monkeypatch):
+    # tesseract 5 dies of SIGFPE on some noise-like images: the chunk's process fails, each image is re-read
+    reward = _fake_tesseract(tmp_path, monkeypatch, 'if [ "$1" = stdin ]; then cat >/dev/null; echo "C A"; '
+                                                    'exit 0; fi\nkill -FPE $$\n')
+    out = reward(images_to_tensor(np.full((5, 32, 64, 3), 255, np.uint8)), [text.TextSpec("CAT").prompt] * 5)
+    assert out.details["read"] == ["CA"] * 5 and out.scores.tolist() == pytest.approx([1 - 1 / 3] * 5)
+    # an image on which even its own process crashes reads as nothing
+    reward = _fake_tesseract(tmp_path, monkeypatch, "kill -FPE $$\n")
+    out = reward(images_to_tensor(np.full((2, 32, 64, 3), 255, np.uint8)), [text.TextSpec("CAT").prompt] * 2)
+    assert out.details["read"] == ["", ""] and out.scores.tolist() == [0.0, 0.0]
+
+
+def test_a_failing_tesseract_is_an_error_not_a_zero_reward(tmp_path, monkeypatch):
+    reward = _fake_tesseract(tmp_path, monkeypatch, 'echo "Error opening data file eng.traineddata" >&2\nexit 1\n')
+    with pytest.raises(RuntimeError, match="tesseract failed \\(exit 1\\): Error opening data file"):
+        reward(images_to_tensor(np.full((2, 32, 64, 3), 255, np.uint8)), [text.TextSpec("CAT").prompt] * 2)

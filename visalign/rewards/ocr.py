@@ -69,8 +69,31 @@ def to_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _tesseract(binary: str, source: str, whitelist: str, timeout: float, stdin: bytes | None = None):
+    cmd = [binary, source, "stdout", "--psm", "7", "-c", f"tessedit_char_whitelist={whitelist}"]
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout,
+                          env={**os.environ, "OMP_THREAD_LIMIT": "1"})  # parallelism comes from the pool
+
+
+def _failed(res) -> RuntimeError:
+    return RuntimeError(f"tesseract failed (exit {res.returncode}): "
+                        f"{' '.join(res.stderr.decode(errors='replace').split())[-200:]}")
+
+
+def read_one(image: np.ndarray, binary: str, whitelist: str, timeout: float) -> str:
+    """One image through its own tesseract process (PNG on stdin). tesseract 5 dies of a signal (SIGFPE) on
+    some noise-like images: such an image reads as nothing; any other failure is raised."""
+    res = _tesseract(binary, "stdin", whitelist, timeout, to_png(image))
+    if res.returncode < 0:
+        return ""
+    if res.returncode != 0:
+        raise _failed(res)
+    return "".join(res.stdout.decode(errors="replace").split())
+
+
 def read_chunk(images: np.ndarray, binary: str, whitelist: str, timeout: float) -> list[str]:
-    """One tesseract process reads every image of the chunk: uint8 [n, H, W, 3] -> n strings."""
+    """One tesseract process reads every image of the chunk: uint8 [n, H, W, 3] -> n strings. If that process
+    fails (a crash on one image ends it), each image of the chunk is read by its own process."""
     with tempfile.TemporaryDirectory(prefix="visalign-ocr-") as d:
         paths = []
         for i, img in enumerate(images):
@@ -80,13 +103,12 @@ def read_chunk(images: np.ndarray, binary: str, whitelist: str, timeout: float) 
         listing = os.path.join(d, "pages.txt")
         with open(listing, "w") as f:
             f.write("\n".join(paths) + "\n")
-        cmd = [binary, listing, "stdout", "--psm", "7", "-c", f"tessedit_char_whitelist={whitelist}"]
-        res = subprocess.run(cmd, capture_output=True, timeout=timeout, env={**os.environ, "OMP_THREAD_LIMIT": "1"})
-    if res.returncode != 0:
-        raise RuntimeError(f"tesseract failed (exit {res.returncode}): {res.stderr.decode(errors='replace').strip()[:200]}")
+        res = _tesseract(binary, listing, whitelist, timeout)
     pages = res.stdout.decode(errors="replace").split("\f")[: len(images)]  # one page per image, form-feed ended
-    if len(pages) != len(images):
-        raise RuntimeError(f"tesseract returned {len(pages)} pages for {len(images)} images")
+    if res.returncode != 0 or len(pages) != len(images):
+        if res.returncode > 0:
+            raise _failed(res)
+        return [read_one(img, binary, whitelist, timeout) for img in images]
     return ["".join(p.split()) for p in pages]  # one line of capitals: spaces and newlines are not text
 
 
