@@ -107,3 +107,13 @@ def test_reward_to_moves_its_networks():
 
     r = _Net().to("meta")
     assert r.device == torch.device("meta") and r.net.weight.device.type == "meta"
+
+
+def test_visalign_list_shows_every_reward(capsys):
+    from visalign.cli import main
+
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out.split("algorithms:")[0].split("rewards:")[1]
+    names = [line.split()[0] for line in listed.strip().splitlines()]
+    assert names == REWARDS.names()
+    assert {"clip_score", "pickscore", "aesthetic", "hps", "image_reward", "vlm_judge", "combine", "remote"} <= set(names)
