@@ -9,10 +9,13 @@ import torch
 
 @dataclass
 class Trajectory:
-    """One batch of sampled denoising chains.
+    """One batch of sampled chains: denoising chains, or token sequences.
 
     For a flow or diffusion policy the state is the latent, the action is the next latent; step i goes
-    from states[:, i] to states[:, i + 1] at noise level sigmas[i] -> sigmas[i + 1]."""
+    from states[:, i] to states[:, i + 1] at noise level sigmas[i] -> sigmas[i + 1]. For a token policy
+    (policies/autoregressive.py) states [B, N] holds the N generated token ids and step i is token i;
+    sigmas [N+1] is the share of the sequence still to write. The policy owns what a step means: the
+    trainer and algorithms only index steps and log_probs [B, T]."""
 
     prompts: list[str]
     seeds: list[int]  # per-sample seeds: sample b is a function of (prompt b, seed b) only
@@ -38,11 +41,13 @@ class Trajectory:
 
 @dataclass
 class StepLogProb:
-    """A recomputed step: log_prob [B], and the Gaussian's mean [B, ...] and std [B, 1, ...] (for KL)."""
+    """A recomputed step: log_prob [B] ([B, K] for K steps), and what the policy's step_kl needs: a denoising
+    step's Gaussian mean [B, ...] and std [B, 1, ...]; a token step's log-distribution dist [B, V]."""
 
     log_prob: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    dist: torch.Tensor | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from visalign.algorithms import CapabilityError, load_algorithm
 from visalign.algorithms.policy_gradient import score_function_loss
 from visalign.config import ConfigError
+from visalign.math.sde import flow_kl
 from visalign.prompts import load_prompt_set
 from visalign.rewards import load_reward
 from visalign.types import StepLogProb
@@ -50,6 +51,9 @@ class _Policy:
 
     def log_prob(self, traj, step):
         return StepLogProb(self.theta, self.mean, torch.ones(len(self.theta), 1))
+
+    def step_kl(self, lp, ref):  # a Gaussian step, as DenoisingPolicy.step_kl
+        return flow_kl(lp.mean, ref.mean, lp.std)
 
 
 class _traj(types.SimpleNamespace):

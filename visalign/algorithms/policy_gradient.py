@@ -6,8 +6,8 @@ stochastic); the loss of a step is written once, here.
 estimator "ppo": PPO's clipped importance ratio (DDPO-IS, Flow-GRPO; DESIGN 3.5).
 estimator "sf":  the score function -A log p (REINFORCE, DDPO-SF); unbiased on the first pass over fresh
                  rollouts only, so use it with train.epochs = 1.
-KL (DPOK; Flow-GRPO's beta): between the step Gaussians of the policy and the reference, in mean space
-(DESIGN 3.1), valid for flow SDE steps and DDIM steps alike.
+KL (DPOK; Flow-GRPO's beta): the policy's step_kl between its step distribution and the reference's: for
+denoising steps the Gaussians' KL in mean space (DESIGN 3.1), for token steps the categorical KL.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 
 from ..config import ConfigError
 from ..math.losses import ppo_clip_loss
-from ..math.sde import flow_kl
 from .base import Algorithm, step_subset
 
 ESTIMATORS = ("ppo", "sf")
@@ -76,7 +75,7 @@ class PolicyGradient(Algorithm):
         metrics = {"ratio_dev": dev.max().item(), "clip_frac": (dev > self.config.clip_range).float().mean().item()}
         if self.uses_reference:
             ref = reference(traj, steps)
-            kl = flow_kl(lp.mean, ref.mean, lp.std)  # [B], the mean over the steps
+            kl = policy.step_kl(lp, ref)  # [B], the mean over the steps
             loss = loss + self.config.kl_beta * kl
             metrics["kl"] = kl.detach().mean().item()
         return loss.mean(), metrics

@@ -91,6 +91,22 @@ def _text_flow(path: str | None = None):
     return ShapesFlowAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "text-flow"))
 
 
+@MODELS.register("builtin:shapes-ar", "bundled autoregressive GPT over 8x8 VQ tokens (builtin:shapes-vq) with an "
+                 "optional layout plan (options: path, tokenizer, temperature, top_k, plan)")
+def _shapes_ar(path: str | None = None, tokenizer: str | None = None, **sampling):
+    import dataclasses
+
+    from .ar import load_ar
+
+    adapter = load_ar(path or WEIGHTS_DIR / "shapes-ar", tokenizer or WEIGHTS_DIR / "shapes-vq")
+    unknown = sorted(set(sampling) - {"temperature", "top_k", "plan"})
+    if unknown:
+        raise ValueError(f"builtin:shapes-ar does not take options {unknown}; accepted: path, tokenizer, temperature, "
+                         f"top_k, plan")
+    adapter.config = adapter.model.config = dataclasses.replace(adapter.config, **sampling)  # checked by ARSampling
+    return adapter
+
+
 DIFFUSERS_PREFIX = "diffusers:"
 
 

@@ -1,9 +1,10 @@
 """Policies by family: a model adapter says its `family`, the family's policy samples and scores it."""
 
+from .autoregressive import ARSampling, AutoregressivePolicy
 from .diffusion import DiffusionPolicy, DiffusionSampling
 from .flow import FlowPolicy, FlowSampling
 
-POLICY_FAMILIES = {"flow": FlowPolicy, "diffusion": DiffusionPolicy}
+POLICY_FAMILIES = {"flow": FlowPolicy, "diffusion": DiffusionPolicy, "autoregressive": AutoregressivePolicy}
 
 
 def policy_class(adapter):
@@ -17,4 +18,4 @@ def make_policy(adapter, sampling=None):
     return policy_class(adapter)(adapter, sampling)
 
 
-__all__ = ["DiffusionPolicy", "DiffusionSampling", "FlowPolicy", "FlowSampling", "make_policy", "policy_class"]
+__all__ = ["ARSampling", "AutoregressivePolicy", "DiffusionPolicy", "DiffusionSampling", "FlowPolicy", "FlowSampling", "make_policy", "policy_class"]

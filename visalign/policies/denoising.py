@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..math.sde import StepOutput
+from ..math.sde import StepOutput, flow_kl
 from ..types import StepLogProb, Trajectory
 
 
@@ -177,6 +177,11 @@ class DenoisingPolicy:
             return StepLogProb(out.log_prob, out.mean, out.std)
         return StepLogProb(out.log_prob.view(b, k), out.mean.view(b, k, *out.mean.shape[1:]),
                            out.std.view(b, k, *out.std.shape[1:]))
+
+    def step_kl(self, lp: StepLogProb, ref: StepLogProb) -> torch.Tensor:
+        """KL between the policy's and the reference's step Gaussians, in mean space (DESIGN 3.1), mean over
+        the steps -> [B]."""
+        return flow_kl(lp.mean, ref.mean, lp.std)
 
     # ------------------------------------------------------------------ reward gradients and offline data
 

@@ -1,0 +1,201 @@
+"""builtin:shapes-ar: a small decoder-only transformer (GPT-2 layout, Radford et al., 2019; nanoGPT) over
+one sequence per image,
+
+    [prompt words (max_prompt_words, right-padded) | plan (plan.PLAN_LENGTH) | image tokens (grid x grid)]
+
+with the image tokens of the VQ tokenizer (models/vq.py), as LlamaGen (Sun et al., 2024, arXiv 2406.06525)
+does at scale. The plan is the world's layout language (world/plan.py): the model first writes where it
+will put what, then draws it (plan-then-draw). It is pretrained with empty plans a share of the time, so
+the same weights draw with or without a plan (a sampling option).
+
+Generated tokens live in one output vocabulary: plan words [0, n_plan), then image codes [n_plan,
+n_plan + K). Input ids put the prompt vocabulary first: input id = prompt_vocab + output id.
+The network returns its keys and values (a KV cache), so sampling costs one token's forward per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..world import plan as plan_lang
+from .text import WordTokenizer
+from .vq import VQVAE, TokenModelMixin
+
+
+@dataclass(frozen=True)
+class ARConfig:
+    dim: int = 128
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: int = 3
+    codebook_size: int = 512  # the VQ's
+    grid: int = 8  # the VQ's token grid side
+    max_prompt_words: int = 8
+    # Sampling defaults that came with the training (what `visalign sample` and `eval` use).
+    guidance_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int | None = None
+    plan: bool = True  # draw with a plan by default
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.dim % self.heads != 0:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.layers < 1 or self.codebook_size < 2 or self.grid < 1:
+            raise ValueError(f"layers, codebook_size and grid must be positive, got {self.layers}, "
+                             f"{self.codebook_size}, {self.grid}")
+
+    @property
+    def n_plan(self) -> int:
+        return len(plan_lang.WORDS)
+
+    @property
+    def out_vocab(self) -> int:
+        return self.n_plan + self.codebook_size
+
+    @property
+    def gen_length(self) -> int:
+        """Generated tokens per image: the plan slot then the image tokens."""
+        return plan_lang.PLAN_LENGTH + self.grid * self.grid
+
+    @property
+    def context(self) -> int:
+        return self.max_prompt_words + self.gen_length
+
+
+class Attention(nn.Module):
+    """Causal self-attention that extends a (keys, values) cache. Layer names follow diffusers (to_q ...),
+    so the trainer's default LoRA targets find them."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v, self.to_out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, cache: tuple | None):
+        r, s, d = x.shape
+        q, k, v = (f(x).view(r, s, self.heads, d // self.heads).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # [R, H, past + S, hd]
+        past = k.shape[2] - s
+        # query i (absolute position past + i) sees keys 0..past + i
+        mask = None if s == 1 else torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [R, H, S, hd]
+        return self.to_out(y.transpose(1, 2).reshape(r, s, d)), (k, v)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x, cache):
+        a, cache = self.attn(self.ln1(x), cache)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), cache
+
+
+class TokenGPT(TokenModelMixin, nn.Module):
+    config_cls = ARConfig
+
+    def __init__(self, config: ARConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = WordTokenizer(max_length=config.max_prompt_words)
+        self.prompt_vocab = self.tokenizer.vocab_size
+        self.embed = nn.Embedding(self.prompt_vocab + config.out_vocab, config.dim)
+        self.pos = nn.Parameter(torch.zeros(config.context, config.dim))
+        self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.layers))
+        self.ln_f = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, config.out_vocab)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 layers)
+            if name.endswith("to_out.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.layers))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pos.device
+
+    def forward(self, ids: torch.Tensor, start: int = 0, cache: list | None = None):
+        """ids [R, S] input ids at positions start..start+S-1 (cache: the keys/values of positions
+        0..start-1) -> (logits [R, S, out_vocab] predicting the next token at each position, new cache)."""
+        s = ids.shape[1]
+        if start + s > self.config.context:
+            raise ValueError(f"sequence of {start + s} tokens exceeds the model's context of {self.config.context}")
+        x = self.embed(ids) + self.pos[start : start + s]  # [R, S, D]
+        new = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, None if cache is None else cache[i])
+            new.append(kv)
+        return self.head(self.ln_f(x)), new
+
+
+class ShapesARAdapter:
+    """builtin:shapes-ar for AutoregressivePolicy: the GPT (trainable) and its frozen VQ tokenizer.
+
+    encode(prompts) -> prompt ids [B, L]             ("" is the unconditional prompt of CFG)
+    predict(ids [R, S], start, cache) -> (logits [R, S, V], cache)   one network forward
+    decode(tokens [B, N] output ids) -> images [B, 3, H, W] in [-1, 1]
+    """
+
+    family = "autoregressive"
+
+    def __init__(self, gpt: TokenGPT, vq: VQVAE):
+        c = gpt.config
+        if (vq.config.codebook_size, vq.config.grid) != (c.codebook_size, c.grid):
+            raise ValueError(f"the GPT models {c.grid}x{c.grid} tokens of a {c.codebook_size}-code VQ, the tokenizer "
+                             f"gives {vq.config.grid}x{vq.config.grid} of {vq.config.codebook_size}")
+        self.model, self.vq = gpt, vq.requires_grad_(False).eval()
+        self.config = c
+        self.prompt_length, self.plan_length = c.max_prompt_words, plan_lang.PLAN_LENGTH
+        self.gen_length, self.n_plan, self.offset = c.gen_length, c.n_plan, gpt.prompt_vocab
+        self.default_guidance, self.default_steps = c.guidance_scale, None
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def to(self, device):
+        self.vq.to(device)
+        return self
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.tokenizer(prompts).to(self.model.device)  # [B, L]
+
+    def predict(self, ids: torch.Tensor, start: int = 0, cache: list | None = None):
+        return self.model(ids, start, cache)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        codes = (tokens[:, self.plan_length:] - self.n_plan).clamp(0, self.config.codebook_size - 1)  # [B, g*g]
+        with torch.no_grad():
+            return self.vq.decode(codes.to(self.vq.device))
+
+    def plans(self, tokens: torch.Tensor) -> list[str]:
+        """The plan text each sequence wrote ("" when it drew without one)."""
+        return [plan_lang.decode_plan(t[: self.plan_length].tolist()) for t in tokens]
+
+    def encode_images(self, images: torch.Tensor, plans: list[str] | None = None) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] (and their plans, default empty) -> output-id sequences [B, N]."""
+        codes = self.vq.encode(images) + self.n_plan  # [B, g*g]
+        plan_ids = torch.tensor([plan_lang.encode_plan(p) for p in (plans or [""] * len(images))])  # [B, P]
+        return torch.cat([plan_ids.to(codes.device), codes], 1)
+
+
+def load_ar(path: str | Path, tokenizer: str | Path) -> ShapesARAdapter:
+    return ShapesARAdapter(TokenGPT.from_pretrained(path), VQVAE.from_pretrained(tokenizer))
