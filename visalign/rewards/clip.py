@@ -180,7 +180,14 @@ def _aesthetic(clip: str = "openai/clip-vit-large-patch14", predictor: str = "ca
     cfg = _from_pretrained(CLIPConfig, clip, local_files_only, "aesthetic CLIP config")
     vcfg = cfg.vision_config
     vcfg.projection_dim = cfg.projection_dim
-    vision = _from_pretrained(CLIPVisionModelWithProjection, clip, local_files_only, "aesthetic CLIP vision model",
-                              config=vcfg, dtype=_dtype(dtype))
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the text tower's keys are skipped on purpose: no load report about them
+    try:
+        vision = _from_pretrained(CLIPVisionModelWithProjection, clip, local_files_only, "aesthetic CLIP vision model",
+                                  config=vcfg, dtype=_dtype(dtype))
+    finally:
+        hf_logging.set_verbosity(level)
     size, mean, std = processor_stats(clip, local_files_only, vision.config.image_size)
     return AestheticReward(vision, head, size, mean, std)

@@ -55,6 +55,10 @@ class VLMJudge(Reward):
                              "the model's image placeholder")
         self.device = next(model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def text(self, prompt: str) -> str:
         q = self.question.format(prompt=prompt)
         if self.template is not None:
@@ -68,7 +72,8 @@ class VLMJudge(Reward):
         p_yes, p_no = [], []
         for i in range(0, len(pics), self.batch_size):
             inputs = self.processor(images=pics[i:i + self.batch_size], text=[self.text(p) for p in prompts[i:i + self.batch_size]],
-                                    return_tensors="pt", padding=True).to(self.device)
+                                    return_tensors="pt", padding=True)
+            inputs = inputs.to(self.device, dtype=self.dtype)  # casts the pixels only (ids stay integers)
             probs = self.model(**inputs).logits[:, -1].float().softmax(-1)  # [b, V] the answer's first token
             p_yes.append(probs[:, self.yes].sum(-1))
             p_no.append(probs[:, self.no].sum(-1))
