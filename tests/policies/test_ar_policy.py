@@ -180,3 +180,31 @@ def test_vq_round_trip_shapes_and_save_load(tmp_path):
     loaded = VQVAE.from_pretrained(tmp_path)
     assert torch.equal(loaded.encode(x), VQVAE.from_pretrained(tmp_path).encode(x))
     assert torch.allclose(loaded.codebook, vq.codebook, atol=1e-2)
+
+
+def test_online_dpo_on_sequence_log_probs_by_hand():
+    """unit: sequence (AR-DPO): one DPO instance per pair on the summed log-ratios of the trained steps."""
+    from visalign.algorithms import load_algorithm
+    from visalign.types import Trajectory
+
+    class Table:
+        def __init__(self, table):
+            self.table = table
+
+        def log_prob(self, traj, steps):
+            from visalign.types import StepLogProb
+
+            return StepLogProb(self.table[:, steps])
+
+    traj = Trajectory(prompts=["a circle"] * 2, seeds=[0, 1], states=torch.zeros(2, 2, dtype=torch.long),
+                      log_probs=torch.zeros(2, 2), sigmas=torch.linspace(1, 0, 3),
+                      stochastic=torch.ones(2, dtype=torch.bool), images=torch.zeros(2, 3, 4, 4),
+                      extras={"group_size": 2})
+    lp = torch.tensor([[0.2, 0.1], [0.0, -0.1]], requires_grad=True)  # sample 0 is the chosen one
+    algo = load_algorithm("online_dpo", {"beta": 2.0, "unit": "sequence"})
+    loss, m = algo.step_loss(Table(lp), traj, torch.tensor([1.0, 0.0]), [0, 1], None)
+    # sequence log-ratios 0.3 and -0.1 -> margin 0.4 -> -log sigmoid(2 x 0.4)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.8)), rel=1e-6) and m["dpo_accuracy"] == 1.0
+    per_step = load_algorithm("online_dpo", {"beta": 2.0})  # two instances: margins 0.2 and 0.2
+    assert per_step.step_loss(Table(lp), traj, torch.tensor([1.0, 0.0]), [0, 1], None)[0].item() == pytest.approx(
+        math.log1p(math.exp(-0.4)), rel=1e-6)

@@ -8,7 +8,10 @@ online_dpo — D3PO / SPO-style online DPO (Yang et al., 2023, arXiv 2311.13231;
   pairs are drawn from the current policy's own rollouts within a group (best vs worst, by the reward) and
   every sampled step is one DPO instance on its per-step log-probs. Its reference is the sampling policy
   (`reference: rollout`, what D3PO's implementation does: the loss is a soft trust region around the
-  rollout policy) or the frozen base (`reference: base`, the DPO paper's KL anchor).
+  rollout policy) or the frozen base (`reference: base`, the DPO paper's KL anchor). With `unit: sequence`
+  the instance is the whole sample: DPO on the sum of its steps' log-ratios, which for a token policy is
+  DPO on sequence log-probs (AR-DPO, as compared with GRPO in arXiv 2505.17017); with train.step_chunk > 0
+  the sum runs over each chunk of steps.
 
 Both read pairs off the advantages with `pair_within_groups`: within each group of the trajectory
 (consecutive runs of traj.extras["group_size"]) the higher score is the chosen one. The trainer keeps groups
@@ -100,16 +103,20 @@ class OnlineDPOConfig:
     beta: float = 10.0  # DPO's beta on per-step log-probs (means over dims, so small: beta is large)
     reference: str = "rollout"  # rollout (the sampling policy, D3PO) | base (the frozen pretrained policy)
     timestep_fraction: float = 1.0  # share of the stochastic steps trained per update
+    unit: str = "step"  # step (each step its own DPO instance) | sequence (DPO on the summed log-ratio: AR-DPO)
 
     def __post_init__(self):
         if self.reference not in ("rollout", "base"):
             raise ConfigError(f"algorithm_options.reference '{self.reference}' is not one of rollout, base")
+        if self.unit not in ("step", "sequence"):
+            raise ConfigError(f"algorithm_options.unit '{self.unit}' is not one of step, sequence")
         if self.beta <= 0 or not 0 < self.timestep_fraction <= 1:
             raise ConfigError(f"algorithm_options.beta must be > 0 and timestep_fraction in (0, 1], got "
                               f"{self.beta}, {self.timestep_fraction}")
 
 
-@ALGORITHMS.register("online_dpo", "online DPO (D3PO/SPO): best-vs-worst pairs within a group, DPO on per-step log-probs")
+@ALGORITHMS.register("online_dpo", "online DPO (D3PO/SPO): best-vs-worst pairs within a group, DPO on per-step "
+                                   "log-probs (unit: sequence = DPO on sequence log-probs, AR-DPO)")
 class OnlineDPO(Algorithm):
     name = "online_dpo"
     config_cls = OnlineDPOConfig
@@ -133,7 +140,9 @@ class OnlineDPO(Algorithm):
             return _no_pairs(lp), {}
         ref = reference(traj, steps).log_prob if reference is not None else traj.log_probs[:, steps]  # [B, K]
         ratio = lp - ref  # [B, K] the per-step log-ratio to the reference
-        loss = dpo_loss(ratio[w], ratio[l], self.config.beta)  # [P, K], each step its own DPO instance
+        if self.config.unit == "sequence":  # log p(sequence) = the sum of its tokens' log-probs
+            ratio = ratio.sum(1, keepdim=True)  # [B, 1]
+        loss = dpo_loss(ratio[w], ratio[l], self.config.beta)  # [P, K] (or [P, 1]): one DPO instance each
         margin = (ratio[w] - ratio[l]).detach()
         return loss.mean(), {"dpo_accuracy": float((margin > 0).float().mean()), "dpo_margin": float(margin.mean())}
 
