@@ -61,11 +61,13 @@ def test_weights_after_normalisation_and_batch_fallback():
     comb = CombinedReward({"a": (_Fixed([0.0, 2.0, 5.0, 5.0]), 2.0), "b": (_Fixed([1.0, 0.0, 3.0, 1.0]), 0.5)})
     out = comb(images, [""] * 4, {"group_ids": torch.tensor([0, 0, 1, 1])})
     torch.testing.assert_close(out.scores, torch.tensor([2 * -1 + 0.5 * 1, 2 * 1 + 0.5 * -1, 0.5 * 1, 0.5 * -1]))
-    # groups of one sample (DDPO's group_size 1) and no metadata: the batch is the group
+    # groups of one sample (DDPO's group_size 1): the batch is the group
     single = comb(images, [""] * 4, {"group_ids": torch.arange(4)})
-    none = comb(images, [""] * 4)
-    torch.testing.assert_close(single.scores, none.scores)
-    assert abs(float(none.scores.mean())) < 1e-5
+    batch = CombinedReward(dict(comb.components), normalize="batch")(images, [""] * 4, {"group_ids": torch.arange(4)})
+    torch.testing.assert_close(single.scores, batch.scores)
+    assert abs(float(single.scores.mean())) < 1e-5 and float(single.scores.std()) > 0.5
+    # no group information (held-out evaluation): the raw weighted sum, comparable across checkpoints
+    torch.testing.assert_close(comb(images, [""] * 4).scores, torch.tensor([0.5, 4.0, 11.5, 10.5]))
 
 
 def test_combine_from_options_loads_components_by_name():

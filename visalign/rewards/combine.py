@@ -7,13 +7,16 @@
         geneval_s: {weight: 1.0}
         compressibility: {weight: 0.5, options: {quality: 90}}
 
-Each component's scores are standardised within each group of samples of one prompt (metadata["group_ids"],
-passed by the trainer) before weighting: (r - mean_group) / (std_group + eps). Rewards on different scales
-(a 0-1 verifier, a JPEG size in kB, PickScore's ~20) then pull with the weights given, not with their units;
-this is the per-reward group normalisation of multi-reward GRPO (Flow-GRPO's multi-reward runs normalise each
-reward's advantages before summing). Without group information (evaluation, group_size 1) the whole batch is
-one group. `normalize: batch` uses the batch; `none` sums the raw scores (then a reward's scale is its weight).
-Every component's raw scores are returned in details under its name, so the trainer logs each one."""
+In training rollouts (the trainer passes metadata["group_ids"]) each component's scores are standardised
+within each group of samples of one prompt before weighting: (r - mean_group) / (std_group + eps). Rewards on
+different scales (a 0-1 verifier, a JPEG size in kB, PickScore's ~20) then pull with the weights given, not
+with their units; this is the per-reward group normalisation of multi-reward GRPO (Flow-GRPO's multi-reward
+runs normalise each reward's advantages before summing). Groups of one sample (DDPO's group_size 1) use the
+whole batch instead; `normalize: batch` always uses the batch; `none` sums the raw scores (then a reward's
+scale is its weight). Without group information (held-out evaluation, `visalign make-pairs`, a served reward)
+the score is the weighted sum of the raw scores: a fixed scale that can be compared across checkpoints, where
+a standardised batch would always average 0. Every component's raw scores are returned in details under its
+name, so the trainer logs each one."""
 
 from __future__ import annotations
 
@@ -67,15 +70,17 @@ class CombinedReward(Reward):
             r.to(device)
         return self
 
-    def group_ids(self, n: int, metadata: dict | None) -> torch.Tensor:
+    def group_ids(self, n: int, metadata: dict | None) -> torch.Tensor | None:
+        """[B] labels of the groups to standardise within, or None for the raw weighted sum."""
         meta = metadata or {}
-        if self.normalize == "group" and meta.get("group_ids") is not None:
-            ids = torch.as_tensor(meta["group_ids"]).long()  # [B]
-            if ids.shape != (n,):
-                raise ValueError(f"combine: metadata['group_ids'] has shape {tuple(ids.shape)}, expected ({n},)")
-            if len(torch.unique(ids)) < n:  # groups of one sample have no spread: use the batch instead
-                return ids
-        return torch.zeros(n, dtype=torch.long)
+        if self.normalize == "none" or meta.get("group_ids") is None:
+            return None
+        ids = torch.as_tensor(meta["group_ids"]).long()  # [B]
+        if ids.shape != (n,):
+            raise ValueError(f"combine: metadata['group_ids'] has shape {tuple(ids.shape)}, expected ({n},)")
+        if self.normalize == "group" and len(torch.unique(ids)) < n:
+            return ids
+        return torch.zeros(n, dtype=torch.long)  # the batch (groups of one sample have no spread)
 
     def __call__(self, images, prompts, metadata=None) -> RewardOutput:
         ids = self.group_ids(len(images), metadata)
@@ -83,7 +88,7 @@ class CombinedReward(Reward):
         for name, (reward, weight) in self.components.items():
             r = reward(images, prompts, metadata).scores.float()  # [B]
             details[name] = r.detach()
-            z = r if self.normalize == "none" else group_standardize(r, ids, self.eps)  # [B]
+            z = r if ids is None else group_standardize(r, ids, self.eps)  # [B]
             total = weight * z if total is None else total + weight * z.to(total.device)
         return RewardOutput(total, details)
 
