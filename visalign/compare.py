@@ -32,6 +32,22 @@ RECIPES = {"grpo": "geneval-s-grpo", "ddpo": "geneval-s-ddpo", "dpok": "geneval-
            "refl": "geneval-s-refl", "draft": "geneval-s-draft", "alignprop": "geneval-s-alignprop"}
 
 
+def recipe_for(name: str, model: str) -> str:
+    """The recipe an algorithm starts from on `model`: geneval-s-<algo> when it is written for that model, else a
+    GenEval-S recipe of that algorithm written for it (geneval-s-ar-grpo for builtin:shapes-ar: a token policy
+    wants other learning rates and clips than a denoising one), else geneval-s-<algo>."""
+    from .config import recipe_names
+
+    base = model.partition("?")[0]
+    if load_recipe_dict(RECIPES[name]).get("model") == base:
+        return RECIPES[name]
+    for r in recipe_names():
+        d = load_recipe_dict(r)
+        if r.startswith("geneval-s") and d.get("kind", "train") == "train" and (d.get("algorithm"), d.get("model")) == (name, base):
+            return r
+    return RECIPES[name]
+
+
 def parse_spec(spec: str) -> tuple[str, dict, str]:
     """'grpo' | 'grpo:kl_beta=0.04,clip_range=0.2' -> (algorithm, options, label)."""
     name, _, opts = spec.partition(":")
@@ -92,7 +108,8 @@ def run_recipe(spec: str, model: str, prompts: str, budget_nfe: int, budget_minu
     from .trainer.trainer import Trainer
 
     name, options, label = parse_spec(spec)
-    d = load_recipe_dict(RECIPES[name])
+    recipe_name = recipe_for(name, model)
+    d = load_recipe_dict(recipe_name)
     d.pop("kind", None)
     d.update(model=model, prompts=prompts, algorithm=name)
     d["algorithm_options"] = {**d.get("algorithm_options", {}), **options}
@@ -113,7 +130,7 @@ def run_recipe(spec: str, model: str, prompts: str, budget_nfe: int, budget_minu
             import shutil
 
             shutil.rmtree(run)
-        log(f"{label}: training ({RECIPES[name]}, {recipe.sampling.get('kind', 'default')} sampler)")
+        log(f"{label}: training ({recipe_name}, {recipe.sampling.get('kind', 'default')} sampler)")
         Trainer(recipe, dataclasses.asdict(recipe), run, progress=False, log=log).train()
     return summarize_run(label, run)
 
