@@ -170,6 +170,9 @@ def test_preprocess_is_resize_crop_normalise_in_torch():
     wide = torch.zeros(1, 3, 10, 14, requires_grad=True)  # no resize: only the centre crop (columns 2..11)
     preprocess(wide, 10, (0, 0, 0), (1, 1, 1)).sum().backward()
     assert wide.grad[..., [0, 1, 12, 13]].abs().sum() == 0 and (wide.grad[..., 2:12] == 0.5).all()
+    padded = preprocess(torch.ones(1, 3, 10, 20), 10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), fit="pad")  # HPSv2's fit
+    assert padded.shape == (1, 3, 10, 10) and torch.allclose(padded[..., 2:7, :], torch.ones(1), atol=1e-5)  # 5 rows
+    assert (padded[..., :2, :] == -1).all() and (padded[..., 7:, :] == -1).all()  # black padding: 2 above, 3 below
     small = torch.zeros(1, 3, 5, 5, requires_grad=True)  # upsampled 5 -> 10: every pixel feeds the output
     preprocess(small, 10, (0, 0, 0), (1, 1, 1)).sum().backward()
     assert (small.grad.abs() > 0).all()
@@ -204,7 +207,7 @@ def test_hps_end_to_end_matches_the_open_clip_reference(tmp_path):
         got = hps(IMAGES, PROMPTS).scores
         ids = tok(PROMPTS, padding="max_length", max_length=CTX, truncation=True, return_tensors="pt").input_ids
         eot = (ids == tok.eos_token_id).int().argmax(1)
-        img = F.normalize(ref_image(sd, preprocess(IMAGES, IMG, OPENAI_MEAN, OPENAI_STD)), dim=-1)
+        img = F.normalize(ref_image(sd, preprocess(IMAGES, IMG, OPENAI_MEAN, OPENAI_STD, fit="pad")), dim=-1)
         txt = F.normalize(ref_text(sd, ids, eot), dim=-1)
     torch.testing.assert_close(got, (img * txt).sum(-1), atol=1e-5, rtol=1e-4)
     _grad_ok(hps)

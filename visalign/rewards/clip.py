@@ -8,7 +8,7 @@ local_files_only=True reads only the local hub cache, as on an offline GPU node)
                 reference code scores (about 18-24 for ordinary images).
     hps         HPSv2.1 (Wu et al., 2023; xswu/HPSv2, file HPS_v2.1_compressed.pt): an open_clip ViT-H/14 state
                 dict converted to transformers' CLIPModel (converters.openclip_to_clip); score = cos(image,
-                text), as HPSv2's img_score.py (about 0.25-0.35).
+                text), as HPSv2's img_score.py (about 0.25-0.35); images fitted by the longer side and padded.
     aesthetic   the LAION improved aesthetic predictor (Schuhmann, 2022; sac+logos+ava1-l14-linearMSE.pth): an MLP
                 on the L2-normalised CLIP ViT-L/14 image embedding (about 1-10; text is not used).
 
@@ -35,16 +35,24 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def preprocess(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """[B, 3, H, W] in [-1, 1] -> [B, 3, size, size] normalised: the shorter side resized to `size` (bicubic,
-    antialiased when shrinking, as PIL), centre crop, (x - mean) / std. Differentiable."""
+def preprocess(images: torch.Tensor, size: int, mean, std, fit: str = "crop") -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> [B, 3, size, size] normalised, differentiable. fit "crop" (CLIP's processor):
+    the shorter side resized to `size`, centre crop; fit "pad" (HPSv2's ResizeMaxSize): the longer side resized
+    to `size`, zero padding around. Bicubic, antialiased when shrinking (as PIL); then (x - mean) / std."""
+    if fit not in ("crop", "pad"):
+        raise ValueError(f"fit '{fit}' is not one of crop, pad")
     x = (images.float() + 1) / 2  # [B, 3, H, W] in [0, 1]
     h, w = x.shape[-2:]
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    s = size / (min(h, w) if fit == "crop" else max(h, w))
+    nh, nw = round(h * s), round(w * s)
+    if fit == "crop":
+        nh, nw = max(size, nh), max(size, nw)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=s < 1)
-    top, left = (nh - size) // 2, (nw - size) // 2
+    if fit == "pad":
+        ph, pw = size - nh, size - nw
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))  # black borders, as fill=0
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top:top + size, left:left + size]  # [B, 3, size, size]
     mean = torch.tensor(mean, device=x.device, dtype=x.dtype)[:, None, None]
     std = torch.tensor(std, device=x.device, dtype=x.dtype)[:, None, None]
@@ -82,18 +90,19 @@ class CLIPReward(Reward):
     needs_text = True
 
     def __init__(self, model, tokenizer, size: int, mean=OPENAI_MEAN, std=OPENAI_STD, mode: str = "cosine100",
-                 name: str = "clip"):
+                 name: str = "clip", fit: str = "crop"):
         if mode not in ("cosine100", "logit_scale", "cosine"):
             raise ValueError(f"CLIP reward mode '{mode}' is not one of cosine100, logit_scale, cosine")
         self.model = model.eval().requires_grad_(False)  # gradients go to the images only
         self.tokenizer, self.size, self.mean, self.std, self.mode, self.name = tokenizer, size, mean, std, mode, name
+        self.fit = fit
         scale = {"cosine100": 100.0, "cosine": 1.0, "logit_scale": float(model.logit_scale.exp())}[mode]
         self.value_range = (-scale, scale)
         self.device = next(model.parameters()).device
 
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        x = preprocess(images.to(self.device), self.size, self.mean, self.std).to(dtype)  # [B, 3, S, S]
+        x = preprocess(images.to(self.device), self.size, self.mean, self.std, self.fit).to(dtype)  # [B, 3, S, S]
         pooled = self.model.vision_model(pixel_values=x).pooler_output  # [B, D] post-LN class token
         return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)  # [B, P]
 
@@ -143,8 +152,8 @@ def _hps(checkpoint: str = "xswu/HPSv2", filename: str = "HPS_v2.1_compressed.pt
     tok = _from_pretrained(AutoTokenizer, tokenizer, local_files_only, "hps tokenizer")
     clip = load_openclip_as_clip(sd, hidden_act=hidden_act, vision_head_width=vision_head_width,
                                  text_head_width=text_head_width, eos_token_id=tok.eos_token_id).to(_dtype(dtype))
-    # open_clip's ViT-H-14 preprocessing: 224 px, bicubic resize + centre crop, OpenAI's mean/std
-    return CLIPReward(clip, tok, clip.config.vision_config.image_size, OPENAI_MEAN, OPENAI_STD, "cosine", "hps")
+    # HPSv2's evaluation transform: the longer side to 224 px (bicubic), zero padding, OpenAI's mean/std
+    return CLIPReward(clip, tok, clip.config.vision_config.image_size, OPENAI_MEAN, OPENAI_STD, "cosine", "hps", "pad")
 
 
 class AestheticReward(Reward):
