@@ -208,3 +208,17 @@ def test_online_dpo_on_sequence_log_probs_by_hand():
     per_step = load_algorithm("online_dpo", {"beta": 2.0})  # two instances: margins 0.2 and 0.2
     assert per_step.step_loss(Table(lp), traj, torch.tensor([1.0, 0.0]), [0, 1], None)[0].item() == pytest.approx(
         math.log1p(math.exp(-0.4)), rel=1e-6)
+
+
+def test_denoising_only_algorithms_refuse_the_token_policy_in_one_line(adapter):
+    from visalign.algorithms import CapabilityError, load_algorithm
+
+    policy = make_policy(adapter)
+    for name in ("nft", "rwr", "diffusion_dpo", "refl", "draft", "alignprop"):
+        with pytest.raises(CapabilityError, match=f"{name} needs policy.* AutoregressivePolicy") as e:
+            load_algorithm(name).check(policy, None, ARSampling())
+        assert "\n" not in str(e.value)
+    for name in ("grpo", "ddpo", "online_dpo"):
+        load_algorithm(name).check(policy, None, ARSampling())
+    with pytest.raises(CapabilityError, match="deterministic"):
+        load_algorithm("grpo").check(policy, None, ARSampling(kind="greedy"))

@@ -128,7 +128,9 @@ class DecodingPolicy:
                                                    ("refl", {"window": 4}, None)])
 def test_reward_gradient_losses_and_steps(name, options, first):
     algo = load_algorithm(name, options)
-    algo.check(type("P", (), {"stochastic_mask": lambda self, s: torch.zeros(1, dtype=torch.bool)})(), Differentiable(),
+    chain = dict.fromkeys(("denoise", "predict_x0", "renoise"))  # the denoising-chain methods it needs
+    algo.check(type("P", (), {"stochastic_mask": lambda self, s: torch.zeros(1, dtype=torch.bool), **chain})(),
+               Differentiable(),
                type("S", (), {"kind": "ode"})())
     traj = _traj(2, steps=10)
     gen = torch.Generator().manual_seed(0)
@@ -151,4 +153,5 @@ def test_reward_gradient_refuses_a_reward_without_gradients():
     algo = load_algorithm("draft", {})
     reward = type("R", (), {"name": "geneval_s", "differentiable": False})()
     with pytest.raises(CapabilityError, match="reward 'geneval_s' is not differentiable"):
-        algo.check(None, reward, type("S", (), {"kind": "ode"})())
+        algo.check(type("P", (), dict.fromkeys(("denoise", "predict_x0", "renoise")))(), reward,
+                   type("S", (), {"kind": "ode"})())

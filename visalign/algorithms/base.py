@@ -28,12 +28,21 @@ class Algorithm:
     needs_log_prob = False  # scores sampled steps (policy-gradient family)
     offline = False  # trains on a dataset of preference pairs (the recipe's `data`) instead of rollouts
     keeps_groups = False  # its loss couples the samples of a group: minibatches hold whole groups
+    # policy methods it calls besides sample/log_prob (a denoising model's network, forward process or chain);
+    # a policy family without them (the token policy) is refused at construction
+    policy_methods: tuple[str, ...] = ()
 
     def __init__(self, config):
         self.config = config
 
     def check(self, policy, reward, sampling) -> None:
         """Refuse at construction, with a one-line reason, what this algorithm cannot train."""
+        missing = [m for m in self.policy_methods if not hasattr(policy, m)]
+        if missing:
+            raise CapabilityError(
+                f"{self.name} needs policy.{', policy.'.join(missing)}, which the {type(policy).__name__} does not "
+                f"have; use a log-prob algorithm (grpo, ddpo, dpok, online_dpo) with this model"
+            )
         if self.needs_log_prob and not bool(policy.stochastic_mask(sampling).any()):
             raise CapabilityError(
                 f"{self.name} needs log-probs of sampled steps, but the rollout sampler is deterministic "

@@ -55,6 +55,7 @@ class DiffusionDPO(Algorithm):
     name = "diffusion_dpo"
     config_cls = DiffusionDPOConfig
     offline = True  # trains on a pairs dataset (recipe `data:`), not on rollouts
+    policy_methods = ("from_images", "noised_sample", "predict")
     keeps_groups = True
 
     @property

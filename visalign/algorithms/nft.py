@@ -55,6 +55,7 @@ class NFT(Algorithm):
     name = "nft"
     config_cls = NFTConfig
     needs_log_prob = False
+    policy_methods = ("noised_sample", "predict")
 
     @property
     def old_ema(self) -> float:

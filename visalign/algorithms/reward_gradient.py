@@ -45,6 +45,7 @@ class RewardGradient(Algorithm):
     """The loss: -mean reward of images decoded from x0 that carry the gradient of the last steps."""
 
     config_cls = RewardGradientConfig
+    policy_methods = ("denoise", "predict_x0", "renoise")
 
     def check(self, policy, reward, sampling) -> None:
         """Refuses a reward without gradients, and keeps the reward the loss differentiates."""

@@ -38,6 +38,7 @@ class RWRConfig:
 
 @ALGORITHMS.register("rwr", "reward-weighted regression: denoising loss on own samples weighted by exp(A / temperature)")
 class RWR(Algorithm):
+    policy_methods = ("noised_sample", "predict")
     name = "rwr"
     config_cls = RWRConfig
 
