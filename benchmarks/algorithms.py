@@ -2,10 +2,12 @@
 
   main   every algorithm family on the bundled flow model with the same training wall budget per algorithm:
          does GRPO beat DDPO per sample? Is NFT more efficient than GRPO? Does KL limit the diversity loss?
+  pg     GRPO vs DDPO with the same training settings (full fine-tune, lr 3e-5, 128 per batch, 2 minibatches):
+         only the advantage estimator differs (group-relative vs per-prompt running statistics).
   split  train on three GenEval-S categories, evaluate all six: DPO (offline and online) vs GRPO on held-in
          vs held-out categories (the "DPO vs GRPO" question, arXiv 2505.17017, at our scale).
 
-    python benchmarks/algorithms.py [main|split|all] [--nfe 60000] [--out runs/algorithms]
+    python benchmarks/algorithms.py [main|pg|split|all] [--nfe 60000] [--out runs/algorithms]
 
 The budget is network evaluations (NFE) per algorithm, counted in rollouts and updates (reference and old
 models included). One NFE costs very different time across families (a no-grad rollout forward, a forward +
@@ -27,17 +29,20 @@ from visalign.compare import compare
 MAIN = ["grpo", "ddpo", "nft", "nft:kl_beta=0.1", "diffusion_dpo", "online_dpo", "refl"]
 SPLIT = ["grpo", "online_dpo", "diffusion_dpo"]
 HELD_IN = "single_object,counting,colors"
+SAME = ["train.finetune=full", "train.lr=3e-5", "train.batch_size=128", "train.minibatches=2"]
 
 
 def run(which: str, nfe: int, out: Path) -> None:
-    jobs = {"main": (MAIN, "geneval-s"), "split": (SPLIT, f"geneval-s:{HELD_IN}")}
-    for name in (["main", "split"] if which == "all" else [which]):
-        algos, prompts = jobs[name]
+    jobs = {"main": (MAIN, "geneval-s", []), "pg": (["grpo", "ddpo"], "geneval-s", SAME),
+            "split": (SPLIT, f"geneval-s:{HELD_IN}", [])}
+    for name in (list(jobs) if which == "all" else [which]):
+        algos, prompts, sets = jobs[name]
         start = time.time()
-        res = compare(algos, budget_nfe=nfe, prompts=prompts, out=out / name, evals=3)
+        res = compare(algos, budget_nfe=nfe, prompts=prompts, out=out / name, evals=3, overrides=sets)
         minutes = (time.time() - start) / 60
         cmd = (f"python benchmarks/algorithms.py {name} --nfe {nfe}   # = visalign compare "
-               f"{' '.join(algos)} --budget-nfe {nfe} --prompts {prompts} --evals 3")
+               f"{' '.join(algos)} --budget-nfe {nfe} --prompts {prompts} --evals 3"
+               + "".join(f" --set {kv}" for kv in sets))
         doc = Path("docs") / f"algorithms-{name}.md"
         doc.write_text(f"# visalign compare: {name}\n\n`{cmd}`\n\n{res['header']}. The whole command took "
                        f"{minutes:.1f} min (threads: {torch.get_num_threads()}).\n\n{res['table']}\n")
@@ -47,7 +52,7 @@ def run(which: str, nfe: int, out: Path) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("which", nargs="?", default="all", choices=["main", "split", "all"])
+    p.add_argument("which", nargs="?", default="all", choices=["main", "pg", "split", "all"])
     p.add_argument("--nfe", type=int, default=60000)
     p.add_argument("--out", default="runs/algorithms")
     a = p.parse_args()
