@@ -33,9 +33,9 @@ def cmd_sample(args) -> None:
     from .models.registry import load_generator
     from .world.grammar import parse_prompt
 
-    for p in args.prompt:
-        parse_prompt(p)
     gen = load_generator(args.model)
+    for p in args.prompt:  # the model's own grammar (a built-in text model: the text task's), GenEval-S otherwise
+        getattr(gen, "parse", parse_prompt)(p)
     prompts = [p for p in args.prompt for _ in range(args.n)]
     seeds = [args.seed * 1_000_000 + i for i in range(len(prompts))]
     images = gen.generate(prompts, seeds)
