@@ -1,0 +1,43 @@
+"""The text task end to end through the CLI at tiny size: `pretrain text-flow-pretrain` makes a 32x64 text
+model, `sample` checks prompts with its grammar, and `train text-ocr-grpo` / `text-ocr-nft` run on it with the
+real tesseract, evaluated on held-out words by the OCR reward."""
+
+import json
+import shutil
+
+import pytest
+
+from visalign.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text") / "m"
+    code = main(["pretrain", "text-flow-pretrain", "train.steps=2", "train.batch_size=4", "model.channels=[8, 16]",
+                 "model.attention=[false, true]", "model.text_dim=16", "model.heads=2", "--out", str(out)])
+    assert code == 0 and json.loads((out / "config.json").read_text())["width"] == 64
+    return out
+
+
+def test_sample_uses_the_text_grammar(tiny_text_model, tmp_path, capsys):
+    grid = tmp_path / "g.png"
+    assert main(["sample", "--model", f"{tiny_text_model}?steps=2", "--prompt", 'a sign that says "ZOO"',
+                 "--n", "2", "--out", str(grid)]) == 0 and grid.is_file()
+    assert main(["sample", "--model", str(tiny_text_model), "--prompt", 'a sign that says "Zoo"', "--out",
+                 str(grid)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "outside the OCR alphabet: 'o'" in err and "\n" not in err
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="the tesseract binary is absent (Debian package "
+                    "tesseract-ocr; `make test` and .ci/run install it)")
+@pytest.mark.parametrize("recipe", ["text-ocr-grpo", "text-ocr-nft"])
+def test_ocr_recipes_run_on_held_out_words(tiny_text_model, tmp_path, recipe):
+    out = tmp_path / "run"
+    code = main(["train", recipe, f"model=builtin:text-flow?path={tiny_text_model}", "train.iterations=1",
+                 "train.batch_size=4", "train.group_size=2", "train.eval_per_category=2", "train.eval_every=1",
+                 "sampling.steps=2", "eval.steps=2", "--out", str(out)])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert list(rows[0]["eval_categories"]) == ["text"] and 0 <= rows[-1]["eval_overall"] <= 1
+    assert 0 <= rows[-1]["reward_mean"] <= 1
