@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..world import plan as plan_lang
 from .text import WordTokenizer
-from .vq import VQVAE, TokenModelMixin
+from .persist import Pretrained
+from .vq import VQVAE
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x)), cache
 
 
-class TokenGPT(TokenModelMixin, nn.Module):
+class TokenGPT(Pretrained, nn.Module):
     config_cls = ARConfig
 
     def __init__(self, config: ARConfig):

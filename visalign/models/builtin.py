@@ -8,28 +8,17 @@ DDPM on the cosine schedule, "epsilon" or "v_prediction" (v = sqrt(ab) eps - sqr
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ..math import schedules
+from .persist import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Pretrained  # noqa: F401  (re-exported)
 from .text import PARSERS, TASKS, TextEncoder, make_tokenizer
 from .unet import UNet
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 PREDICTIONS = ("velocity", "epsilon", "v_prediction")
-
-
-class CheckpointError(RuntimeError):
-    """A model directory that cannot be loaded (message is one line)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +80,13 @@ class TextCondition:
         return TextCondition(*(torch.cat([getattr(c, f) for c in conds]) for f in ("tokens", "mask", "pooled")))
 
 
-class ShapesModel(nn.Module):
+class ShapesModel(Pretrained, nn.Module):
+    config_cls = ShapesModelConfig
+
+    @classmethod
+    def config_from_dict(cls, d: dict) -> ShapesModelConfig:
+        return ShapesModelConfig.from_dict(d)
+
     def __init__(self, config: ShapesModelConfig):
         super().__init__()
         self.config = config
@@ -113,62 +108,6 @@ class ShapesModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
-
-    # ------------------------------------------------------------------------------------ persistence
-
-    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """Write config.json and model.safetensors; each file is written to a temp file, then renamed.
-        `dtype` (e.g. torch.float16) stores floating weights at that precision, half the size of fp32; they
-        load back into the fp32 network."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if dtype is not None:
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        _atomic(path / WEIGHTS_NAME, lambda f: save_file(state, f, metadata={"format": "pt"}))
-        _atomic(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(asdict(self.config), indent=2)))
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ShapesModel":
-        path = Path(path)
-        cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, w_file):
-            if not f.is_file():
-                raise CheckpointError(f"model file {f} is missing; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            config = ShapesModelConfig.from_dict(json.loads(cfg_file.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise CheckpointError(f"model config {cfg_file} is corrupt: {e}") from None
-        try:
-            state = load_file(str(w_file), device=str(device))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"model weights {w_file} are corrupt or not safetensors: {e}") from None
-        model = cls(config).to(device)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"model weights {w_file} do not match the config: first missing keys {missing[:3]}, "
-                f"first unexpected keys {unexpected[:3]}"
-            )
-        bad = [f"{k} {tuple(v.shape)} != {expected[k]}" for k, v in state.items() if tuple(v.shape) != expected[k]]
-        if bad:
-            raise CheckpointError(f"model weights {w_file} have wrong shapes: {'; '.join(bad[:3])}")
-        model.load_state_dict(state)
-        return model.eval()
-
-
-def _atomic(target: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path to target, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class _ShapesAdapter:

@@ -24,20 +24,15 @@ Persistence as the generators: config.json + model.safetensors (fp16 storage), a
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ..world import grammar
 from ..world.vocab import COLOR_NAMES, RELATIONS, SHAPES
-from .builtin import CheckpointError, _atomic
+from .persist import CheckpointError, Pretrained  # noqa: F401  (CheckpointError re-exported)
 from .text import TextEncoder, WordTokenizer
 
 CONFIG_NAME = "config.json"
@@ -220,7 +215,16 @@ class SpecScorer(nn.Module):
         return torch.stack([-dx, dx, -dy, dy]) - 0.5
 
 
-class RewardNet(nn.Module):
+class RewardNet(Pretrained, nn.Module):
+    config_cls = RewardNetConfig
+    kind_label = "reward model"
+    save_dtype = torch.float16  # the bundled reward is stored at half precision
+    save_metadata = {"kind": KIND}
+
+    @classmethod
+    def config_from_dict(cls, d: dict) -> RewardNetConfig:
+        return RewardNetConfig.from_dict(d)
+
     def __init__(self, config: RewardNetConfig = RewardNetConfig()):
         super().__init__()
         self.config = config
@@ -287,46 +291,3 @@ class RewardNet(nn.Module):
         cls = self.final_norm(seq[:, 0])
         logit = self.head(torch.cat([cls, evidence], 1)).squeeze(1)
         return (logit, self.aux(f)) if return_aux else logit
-
-    # ------------------------------------------------------------------------------------ persistence
-
-    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = torch.float16) -> None:
-        """Write config.json and model.safetensors (each to a temp file, then renamed). Floating weights are
-        stored as `dtype` (fp16 by default: half of fp32's size); they load back into the fp32 network."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if dtype is not None:
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        _atomic(path / WEIGHTS_NAME, lambda f: save_file(state, f, metadata={"format": "pt", "kind": KIND}))
-        _atomic(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(asdict(self.config), indent=2)))
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "RewardNet":
-        """Load a directory written by save_pretrained (safetensors only; no pickle) -> fp32 network in eval mode.
-        Raises CheckpointError (one line) naming the file that is missing, corrupt or mismatched."""
-        path = Path(path)
-        cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, w_file):
-            if not f.is_file():
-                raise CheckpointError(f"reward model file {f} is missing; a reward model directory holds "
-                                      f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            config = RewardNetConfig.from_dict(json.loads(cfg_file.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
-            raise CheckpointError(f"reward model config {cfg_file} is corrupt: {e}") from None
-        try:
-            state = load_file(str(w_file), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"reward model weights {w_file} are corrupt or not safetensors: {e}") from None
-        model = cls(config)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(f"reward model weights {w_file} do not match the config: first missing keys "
-                                  f"{missing[:3]}, first unexpected keys {unexpected[:3]}")
-        bad = [f"{k} {tuple(v.shape)} != {expected[k]}" for k, v in state.items() if tuple(v.shape) != expected[k]]
-        if bad:
-            raise CheckpointError(f"reward model weights {w_file} have wrong shapes: {'; '.join(bad[:3])}")
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        return model.to(device).eval()

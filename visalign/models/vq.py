@@ -10,64 +10,19 @@ gradient through the straight-through estimator plus beta x the commitment loss.
 No GAN loss: the world is flat colours on black, and MSE alone reconstructs it sharply enough for the
 verifier (the tokenizer round-trip is measured in tests/policies/test_vq.py).
 
-Models of this module and of ar.py are stored as config.json + model.safetensors (TokenModelMixin).
+Models of this module and of ar.py are stored as config.json + model.safetensors (models/persist.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .builtin import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, _atomic
+from .persist import Pretrained
 
-
-class TokenModelMixin:
-    """save_pretrained / from_pretrained for a module built from a frozen `config_cls` dataclass."""
-
-    config_cls = None
-
-    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """config.json + model.safetensors, each written to a temp file and renamed; `dtype` stores floating
-        weights at that precision (fp16 halves the bundle), they load back into the fp32 network."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if dtype is not None:
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        _atomic(path / WEIGHTS_NAME, lambda f: save_file(state, f, metadata={"format": "pt"}))
-        _atomic(path / CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(asdict(self.config), indent=2)))
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu"):
-        path = Path(path)
-        cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, w_file):
-            if not f.is_file():
-                raise CheckpointError(f"model file {f} is missing; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            d = json.loads(cfg_file.read_text())
-            config = cls.config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
-                                       if k in cls.config_cls.__dataclass_fields__})
-        except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise CheckpointError(f"model config {cfg_file} is corrupt: {e}") from None
-        try:
-            state = load_file(str(w_file), device=str(device))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"model weights {w_file} are corrupt or not safetensors: {e}") from None
-        model = cls(config).to(device)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        if set(expected) != set(state) or any(tuple(v.shape) != expected[k] for k, v in state.items()):
-            raise CheckpointError(f"model weights {w_file} do not match the config {cfg_file} (keys or shapes differ)")
-        model.load_state_dict(state)  # copies into the fp32 tensors (fp16 files load back as fp32)
-        return model.eval()
 
 
 @dataclass(frozen=True)
@@ -101,7 +56,7 @@ class ResBlock(nn.Module):
         return x + self.net(x)
 
 
-class VQVAE(TokenModelMixin, nn.Module):
+class VQVAE(Pretrained, nn.Module):
     config_cls = VQConfig
 
     def __init__(self, config: VQConfig):
