@@ -39,7 +39,9 @@ class ARSampling:
             raise ValueError(f"unknown step kind '{self.kind}'; accepted: {', '.join(AR_KINDS)}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}; use kind greedy for argmax decoding")
-        if self.top_k is not None and self.top_k < 1:
+        if not isinstance(self.plan, bool):
+            raise ValueError(f"plan must be true or false, got {self.plan!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"top_k must be >= 1 (or null for no top-k), got {self.top_k}")
 
 
@@ -114,12 +116,12 @@ class AutoregressivePolicy:
         logits, cache = a.predict(ids)  # prefill the prompt
         last = logits[:, -1]  # [R, V]
         tokens = torch.zeros(b, n, dtype=torch.long, device=ids.device)
-        log_probs = torch.zeros(b, n)
+        log_probs = torch.zeros(b, n, device=ids.device)
         for j in range(n):
             logp = token_log_probs(last[:b], last[b:] if guided else None, self.allowed(tokens, j, s), s)  # [B, V]
             tok = logp.argmax(-1) if s.kind == "greedy" else inverse_cdf(logp, u[:, j].to(logp.device))  # [B]
             tokens[:, j] = tok
-            log_probs[:, j] = logp.gather(1, tok[:, None])[:, 0].cpu() if s.kind != "greedy" else 0.0
+            log_probs[:, j] = logp.gather(1, tok[:, None])[:, 0] if s.kind != "greedy" else 0.0
             if j + 1 < n:
                 nxt = (tok + a.offset)[:, None]  # [B, 1] input ids
                 logits, cache = a.predict(torch.cat([nxt, nxt]) if guided else nxt, a.prompt_length + j, cache)
