@@ -222,3 +222,16 @@ def test_denoising_only_algorithms_refuse_the_token_policy_in_one_line(adapter):
         load_algorithm(name).check(policy, None, ARSampling())
     with pytest.raises(CapabilityError, match="deterministic"):
         load_algorithm("grpo").check(policy, None, ARSampling(kind="greedy"))
+
+
+def test_a_given_plan_is_drawn_and_scored_as_forced(adapter):
+    policy = make_policy(adapter)
+    text = "red circle @ left ; blue square @ right"
+    s = ARSampling(guidance_scale=2.0, plan=text)
+    traj = policy.sample(PROMPTS[:2], [1, 2], s)
+    assert adapter.plans(traj.states) == [text, text]
+    assert (traj.log_probs[:, : plan_lang.PLAN_LENGTH] == 0).all()  # forced words carry no log-prob
+    lp = policy.log_prob(traj, list(range(traj.states.shape[1]))).log_prob.detach()
+    assert (lp - traj.log_probs).abs().max() < 1e-4
+    with pytest.raises(plan_lang.PlanError, match="unknown cell 'middle'"):
+        ARSampling(plan="red circle @ middle")

@@ -66,3 +66,14 @@ def test_cli_bad_sampling_options_are_one_line_errors(option, limit, capsys):
     assert main(["eval", "--model", f"builtin:shapes-ar?{option}", "--per-category", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert limit in err and "\n" not in err
+
+
+def test_cli_draws_a_given_plan_and_refuses_one_that_does_not_parse(tmp_path, capsys):
+    from visalign.cli import main
+
+    model = "builtin:shapes-ar?plan=red circle @ left ; blue square @ right"
+    assert main(["sample", "--model", model, "--prompt", "a red circle and a blue square", "--n", "2",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["sample", "--model", "builtin:shapes-ar?plan=red circle left", "--prompt", "a red circle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not 'COLOR SHAPE @ CELL'" in err and "\n" not in err

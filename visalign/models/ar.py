@@ -42,7 +42,7 @@ class ARConfig:
     guidance_scale: float = 3.0
     temperature: float = 1.0
     top_k: int | None = None
-    plan: bool = True  # draw with a plan by default
+    plan: bool | str = True  # draw with a plan by default (False: without; a plan text: that layout)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

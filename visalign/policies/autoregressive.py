@@ -31,7 +31,7 @@ class ARSampling:
     guidance_scale: float = 3.0  # 1 = no classifier-free guidance
     temperature: float = 1.0
     top_k: int | None = None  # keep the k most likely tokens (None: all)
-    plan: bool = True  # write a plan before the image tokens (False: the empty plan, forced)
+    plan: bool | str = True  # write a plan first; False: the empty plan; a plan text: draw that layout (forced)
     kind: str = "sample"  # sample | greedy (argmax of the same distribution; no log-probs)
 
     def __post_init__(self):
@@ -39,8 +39,10 @@ class ARSampling:
             raise ValueError(f"unknown step kind '{self.kind}'; accepted: {', '.join(AR_KINDS)}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}; use kind greedy for argmax decoding")
-        if not isinstance(self.plan, bool):
-            raise ValueError(f"plan must be true or false, got {self.plan!r}")
+        if isinstance(self.plan, str):
+            plan_lang.parse_plan(self.plan)  # a PlanError (one line) when it does not parse
+        elif not isinstance(self.plan, bool):
+            raise ValueError(f"plan must be true, false or a plan text, got {self.plan!r}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"top_k must be >= 1 (or null for no top-k), got {self.top_k}")
 
@@ -86,10 +88,12 @@ class AutoregressivePolicy:
 
     def allowed(self, tokens: torch.Tensor, j: int, s: ARSampling) -> torch.Tensor:
         """tokens [R, >= j] output ids drawn so far -> [R, V] bool: what position j may hold. Plan positions
-        take the plan grammar's words, image positions the image codes."""
+        take the plan grammar's words (or only the given plan's), image positions the image codes."""
         a = self.adapter
         out = torch.zeros(tokens.shape[0], a.n_plan + a.config.codebook_size, dtype=torch.bool)
-        if j < a.plan_length:
+        if j < a.plan_length and isinstance(s.plan, str):  # a given plan: its word is the only choice
+            out[:, plan_lang.encode_plan(s.plan)[j]] = True
+        elif j < a.plan_length:
             out[:, : a.n_plan] = plan_lang.allowed_next(tokens[:, :j].cpu(), enabled=s.plan)
         else:
             out[:, a.n_plan :] = True
