@@ -119,7 +119,7 @@ def cmd_train(args) -> None:
 
         evals = [r for r in records if "eval_overall" in r]
         if evals:
-            print(f"held-out GenEval-S: {evals[0]['eval_overall']:.3f} -> {evals[-1]['eval_overall']:.3f}")
+            print(f"held-out {trainer.eval_label}: {evals[0]['eval_overall']:.3f} -> {evals[-1]['eval_overall']:.3f}")
         print(f"report: {write_report(args.out)}")
     dist.shutdown()
 

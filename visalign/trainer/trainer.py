@@ -453,6 +453,11 @@ class Trainer:
                 f"{self.cfg.max_bad_updates}); lower train.lr or check the reward"
             )
 
+    @property
+    def eval_label(self) -> str:
+        """What eval_overall is: the GenEval-S score, or the mean reward on a prompt set without a verifier."""
+        return "GenEval-S" if self.prompt_set.verifier else f"mean {self.recipe.reward} reward"
+
     def evaluate(self, it: int) -> dict:
         """Held-out prompts with the deterministic sampler, on the main process; others wait. GenEval-S is
         scored by its verifier, other prompt sets by the run's reward (eval_overall is then its mean)."""
@@ -493,7 +498,7 @@ class Trainer:
             rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
             self.metrics.write(rec)
             records.append(rec)
-            self.log(f"iteration 0: held-out GenEval-S {rec.get('eval_overall', float('nan')):.3f}")
+            self.log(f"iteration 0: held-out {self.eval_label} {rec.get('eval_overall', float('nan')):.3f}")
         bar = None
         if self.progress:
             from tqdm import tqdm
