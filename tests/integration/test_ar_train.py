@@ -38,3 +38,34 @@ def test_trainer_runs_ar_recipes_unchanged(tiny_ar, recipe, tmp_path):
     assert (run / "report.html").is_file()
     if recipe == "geneval-s-ar-grpo":
         assert last["ratio_dev"] < 1e-4  # one minibatch: on-policy, ratio 1 per token
+
+
+def test_merged_export_of_an_ar_run_loads_and_samples_as_trained(tiny_ar, tmp_path):
+    """`visalign export RUN --format merged` writes the trained GPT with its tokenizer; `load_model(DIR)` (and so
+    `visalign eval --model DIR`) reads them back and draws the trained run's tokens."""
+    import torch
+
+    from visalign.models.export import _load_weights
+    from visalign.models.registry import load_model
+    from visalign.policies import make_policy
+
+    run = tmp_path / "run"
+    assert main(["train", "geneval-s-ar-grpo", f"model={tiny_ar}", "train.iterations=1", "train.batch_size=4",
+                 "train.group_size=2", "train.minibatches=1", "train.eval_per_category=1", "train.lr=1e-2",
+                 "--out", str(run)]) == 0
+    out = tmp_path / "merged"
+    assert main(["export", str(run), "--format", "merged", "--out", str(out)]) == 0
+    assert (out / "tokenizer" / "model.safetensors").is_file()
+    merged, base = load_model(str(out)), load_model(tiny_ar)
+    prompts, seeds = ["a red circle", "two stars"], [3, 4]
+    ids = merged.encode(prompts)
+    with torch.no_grad():
+        trained_logits = merged.predict(ids)[0]
+        base_logits = base.predict(base.encode(prompts))[0]
+    assert float((trained_logits - base_logits).abs().max()) > 1e-4  # training moved the weights
+    trained = _load_weights(run)  # the run's latest checkpoint
+    state = merged.module.state_dict()
+    assert trained.keys() == state.keys() and all(torch.equal(trained[k], state[k]) for k in state)
+    tokens = make_policy(merged).sample(prompts, seeds).states
+    assert tokens.shape == (2, merged.gen_length)
+    assert main(["eval", "--model", str(out), "--per-category", "1", "--out", str(tmp_path / "eval.json")]) == 0

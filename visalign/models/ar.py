@@ -187,6 +187,12 @@ class ShapesARAdapter:
         with torch.no_grad():
             return self.vq.decode(codes.to(self.vq.device))
 
+    def save_pretrained(self, path: str | Path) -> None:
+        """The GPT in PATH and the tokenizer it draws with in PATH/tokenizer: one folder `load_model` reads
+        back (what `visalign export RUN --format merged` writes for a token model)."""
+        self.model.save_pretrained(path, dtype=None)
+        self.vq.save_pretrained(Path(path) / TOKENIZER_DIR, dtype=None)
+
     def plans(self, tokens: torch.Tensor) -> list[str]:
         """The plan text each sequence wrote ("" when it drew without one)."""
         return [plan_lang.decode_plan(t[: self.plan_length].tolist()) for t in tokens]
@@ -198,5 +204,10 @@ class ShapesARAdapter:
         return torch.cat([plan_ids.to(codes.device), codes], 1)
 
 
-def load_ar(path: str | Path, tokenizer: str | Path) -> ShapesARAdapter:
+TOKENIZER_DIR = "tokenizer"  # a saved token model keeps its image tokenizer in this subfolder
+
+
+def load_ar(path: str | Path, tokenizer: str | Path | None = None) -> ShapesARAdapter:
+    """A GPT directory + its VQ tokenizer directory (default: PATH/tokenizer, as save_pretrained writes)."""
+    tokenizer = tokenizer if tokenizer is not None else Path(path) / TOKENIZER_DIR
     return ShapesARAdapter(TokenGPT.from_pretrained(path), VQVAE.from_pretrained(tokenizer))

@@ -70,7 +70,7 @@ def _export_spec(spec: str) -> str:
 def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike) -> Path:
     """Export the latest checkpoint of run `run_dir` as `fmt` (diffusers-lora | merged) into `out_dir`."""
     from . import lora
-    from .builtin import ShapesModel
+    from .persist import Pretrained
     from .registry import DIFFUSERS_PREFIX, load_model
 
     if fmt not in FORMATS:
@@ -103,7 +103,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike)
         if missing or unexpected:
             raise ValueError(f"cannot export {run}: its weights do not fit '{spec}' (first missing keys "
                              f"{sorted(missing)[:3]}, first unexpected keys {sorted(unexpected)[:3]})")
-    if fmt == "merged" and not (is_diffusers or isinstance(module, ShapesModel)):
+    if fmt == "merged" and not (is_diffusers or isinstance(module, Pretrained)):
         raise ValueError(f"--format merged supports built-in and diffusers models; '{spec}' is neither")
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,9 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike)
         else:
             if finetune == "lora":
                 lora.merge_lora(module)
-            (adapter.pipe if is_diffusers else module).save_pretrained(tmp)
+            # the pipeline; an adapter that saves more than its network (a token model + its tokenizer); the network
+            saver = adapter.pipe if is_diffusers else adapter if hasattr(adapter, "save_pretrained") else module
+            saver.save_pretrained(tmp)
         _check_out(out)
         os.replace(tmp, out)  # onto a missing or empty folder
     finally:

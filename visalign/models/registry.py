@@ -98,7 +98,8 @@ def _shapes_ar(path: str | None = None, tokenizer: str | None = None, **sampling
 
     from .ar import load_ar
 
-    adapter = load_ar(path or WEIGHTS_DIR / "shapes-ar", tokenizer or WEIGHTS_DIR / "shapes-vq")
+    default_tokenizer = WEIGHTS_DIR / "shapes-vq" if path is None else None  # a saved model carries its own
+    adapter = load_ar(path or WEIGHTS_DIR / "shapes-ar", tokenizer or default_tokenizer)
     unknown = sorted(set(sampling) - {"temperature", "top_k", "plan"})
     if unknown:
         raise ValueError(f"builtin:shapes-ar does not take options {unknown}; accepted: path, tokenizer, temperature, "
@@ -138,6 +139,10 @@ def load_model(spec: str):
         opts["path"] = name[len(DIFFUSERS_PREFIX):]
         name = DIFFUSERS_PREFIX + "<path-or-hub-id>"
     elif name not in MODELS and Path(name).is_dir():
+        from .ar import TOKENIZER_DIR
+
+        if (Path(name) / TOKENIZER_DIR).is_dir():  # a token model saved with its tokenizer (models/ar.py)
+            return _shapes_ar(path=name, **opts)
         return builtin_adapter(ShapesModel.from_pretrained(name, **opts))
     factory = MODELS.get(name)
     try:
