@@ -9,7 +9,7 @@ wall-minute budget (issue 7's bar: +0.3 within 15 minutes on 2 cores). Each vari
 
 NFE here is what the trainer counts for every family: rows through the network per forward call, so one
 sampled token of B samples with CFG is 2B, and a teacher-forced scoring pass of B sequences is B (2B with CFG).
-Writes docs/ar-grpo-<variant>.md. Threads: VISALIGN_THREADS (1 = one core per run).
+Writes docs/ar-grpo-<variant>.md. Threads: torch's default (every core), or VISALIGN_THREADS (1 = one core per run).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ VARIANTS = {
 }
 
 
-def run(name: str, minutes: float, out: Path) -> None:
+def run(name: str, minutes: float, out: Path, note: str = "") -> None:
     algos, model, prompts, overrides = VARIANTS[name]
     start = time.time()
     res = compare(algos, budget_minutes=minutes, model=model, prompts=prompts, out=out / name, evals=1,
@@ -41,8 +41,7 @@ def run(name: str, minutes: float, out: Path) -> None:
            f"--model '{model}' --prompts {prompts} --budget-minutes {minutes:g} --evals 1{sets}")
     doc = Path("docs") / f"ar-grpo-{name}.md"
     doc.write_text(f"# AR-GRPO benchmark: {name}\n\n`{cmd}`\n\n{res['header']}. The whole command took {total:.1f} "
-                   f"min (torch threads: {torch.get_num_threads()}; the 2-core machine was shared with other jobs).\n\n"
-                   f"{res['table']}\n")
+                   f"min (torch threads: {torch.get_num_threads()}{'; ' + note if note else ''}).\n\n{res['table']}\n")
     print(res["table"])
     print(f"wrote {doc}")
 
@@ -52,7 +51,9 @@ if __name__ == "__main__":
     p.add_argument("which", nargs="?", default="grpo", choices=[*VARIANTS, "all"])
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--out", default="runs/ar_grpo")
+    p.add_argument("--note", default="", help="how the machine was used, written into the doc (e.g. 'shared with ...')")
     a = p.parse_args()
-    torch.set_num_threads(int(os.environ.get("VISALIGN_THREADS", "1")))
+    if "VISALIGN_THREADS" in os.environ:  # default: torch's own (every core)
+        torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
     for v in VARIANTS if a.which == "all" else [a.which]:
-        run(v, a.minutes, Path(a.out))
+        run(v, a.minutes, Path(a.out), a.note)
