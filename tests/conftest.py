@@ -6,6 +6,8 @@ import torch
 # The machine has 2 cores; oversubscribing them makes CPU runs ~10x slower.
 torch.set_num_threads(1)
 os.environ.setdefault("VISALIGN_THREADS", "1")
+# Nothing is downloaded in tests: the Hugging Face clients refuse the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _tiny_model(prediction: str):

@@ -230,7 +230,7 @@ def test_missing_checkpoints_are_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="HPS_v2.1_compressed.pt") as e:
         load_reward("hps", checkpoint=str(tmp_path), local_files_only=True)
     assert "\n" not in str(e.value)
-    with pytest.raises(FileNotFoundError, match="local_files_only=True") as e:
+    with pytest.raises(FileNotFoundError, match="local hub cache; pass local_files_only=false") as e:
         resolve_file("nobody/no-such-reward-repo", "model.pth", local_files_only=True)
     assert "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="could not load the clip_score CLIP model") as e:
@@ -240,3 +240,17 @@ def test_missing_checkpoints_are_one_line_errors(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(CheckpointMismatch, match="missing keys"):
         load_reward("aesthetic", predictor=str(tmp_path / "bad.pth"), clip=str(tmp_path / "c"), local_files_only=True)
+
+
+def test_hub_files_are_downloaded_only_on_request(monkeypatch):
+    """By default a hub id is looked up in the local cache only; the downloader is never called."""
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise AssertionError("hf_hub_download was called without local_files_only=false")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    with pytest.raises(FileNotFoundError, match="pass local_files_only=false to download"):
+        resolve_file("nobody/no-such-reward-repo", "model.pth")
+    with pytest.raises(FileNotFoundError, match="could not download model.pth .*AssertionError"):  # an explicit request reaches it
+        resolve_file("nobody/no-such-reward-repo", "model.pth", local_files_only=False)

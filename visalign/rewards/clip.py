@@ -1,5 +1,6 @@
 """CLIP-family learned rewards on transformers, loaded from the published checkpoints (hub id or local path;
-local_files_only=True reads only the local hub cache, as on an offline GPU node):
+by default only a local path or the local hub cache is read; local_files_only=False downloads, on the
+user's explicit request):
 
     clip_score  100 * cos(image, text) of CLIP ViT-L/14 (openai/clip-vit-large-patch14): CLIPScore (Hessel et
                 al., 2021) as torchmetrics reports it, without its clamp at 0 (which would stop gradients).
@@ -130,21 +131,21 @@ def load_clip_reward(model: str, processor: str | None, mode: str, name: str, lo
 
 @REWARDS.register("clip_score", "100 x cosine(image, text) of CLIP ViT-L/14 (openai/clip-vit-large-patch14), "
                   "differentiable; options: model, local_files_only, dtype")
-def _clip_score(model: str = "openai/clip-vit-large-patch14", local_files_only: bool = False, dtype: str = "float32"):
+def _clip_score(model: str = "openai/clip-vit-large-patch14", local_files_only: bool = True, dtype: str = "float32"):
     return load_clip_reward(model, None, "cosine100", "clip_score", local_files_only, dtype)
 
 
 @REWARDS.register("pickscore", "PickScore_v1 (yuvalkirstain/PickScore_v1): exp(logit_scale) x cosine, differentiable; "
                   "options: model, processor, local_files_only, dtype")
 def _pickscore(model: str = "yuvalkirstain/PickScore_v1", processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-               local_files_only: bool = False, dtype: str = "float32"):
+               local_files_only: bool = True, dtype: str = "float32"):
     return load_clip_reward(model, processor, "logit_scale", "pickscore", local_files_only, dtype)
 
 
 @REWARDS.register("hps", "HPSv2.1 (xswu/HPSv2 HPS_v2.1_compressed.pt, open_clip ViT-H/14 converted to CLIPModel): "
                   "cosine(image, text), differentiable; options: checkpoint, filename, tokenizer, local_files_only")
 def _hps(checkpoint: str = "xswu/HPSv2", filename: str = "HPS_v2.1_compressed.pt",
-         tokenizer: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", local_files_only: bool = False,
+         tokenizer: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", local_files_only: bool = True,
          dtype: str = "float32", hidden_act: str = "gelu", vision_head_width: int = 80, text_head_width: int = 64):
     from transformers import AutoTokenizer
 
@@ -179,7 +180,7 @@ class AestheticReward(Reward):
 @REWARDS.register("aesthetic", "LAION aesthetic predictor (sac+logos+ava1-l14-linearMSE.pth) on CLIP ViT-L/14 image "
                   "embeddings, differentiable; options: clip, predictor, filename, local_files_only")
 def _aesthetic(clip: str = "openai/clip-vit-large-patch14", predictor: str = "camenduru/improved-aesthetic-predictor",
-               filename: str = "sac+logos+ava1-l14-linearMSE.pth", local_files_only: bool = False,
+               filename: str = "sac+logos+ava1-l14-linearMSE.pth", local_files_only: bool = True,
                dtype: str = "float32"):
     from transformers import CLIPConfig, CLIPVisionModelWithProjection
 

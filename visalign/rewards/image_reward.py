@@ -51,7 +51,7 @@ class ImageReward(Reward):
 @REWARDS.register("image_reward", "ImageReward-v1.0 (THUDM/ImageReward ImageReward.pt, BLIP ViT-L + BERT cross-attention "
                   "+ MLP, converted to transformers BLIP), differentiable; options: checkpoint, filename, tokenizer")
 def _image_reward(checkpoint: str = "THUDM/ImageReward", filename: str = "ImageReward.pt",
-                  tokenizer: str = "google-bert/bert-base-uncased", local_files_only: bool = False,
+                  tokenizer: str = "google-bert/bert-base-uncased", local_files_only: bool = True,
                   dtype: str = "float32", vision_heads: int | None = None, text_heads: int | None = None):
     from transformers import AutoTokenizer
 

@@ -85,7 +85,7 @@ class VLMJudge(Reward):
                   "image matches the prompt (UnifiedReward/VQAScore style); options: model, processor, question, "
                   "local_files_only, dtype, batch_size")
 def _vlm_judge(model: str = "", processor: str | None = None, question: str = QUESTION, yes_words=YES, no_words=NO,
-               local_files_only: bool = False, dtype: str = "float32", batch_size: int = 8, template: str | None = None):
+               local_files_only: bool = True, dtype: str = "float32", batch_size: int = 8, template: str | None = None):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     if not model:
