@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
-from visalign.compare import compare
+from visalign.compare import compare, write_doc
 
 MAIN = ["grpo", "ddpo", "nft", "nft:kl_beta=0.1", "diffusion_dpo", "online_dpo", "refl"]
 SPLIT = ["grpo", "online_dpo", "diffusion_dpo"]
@@ -43,9 +42,7 @@ def run(which: str, nfe: int, out: Path) -> None:
         cmd = (f"python benchmarks/algorithms.py {name} --nfe {nfe}   # = visalign compare "
                f"{' '.join(algos)} --budget-nfe {nfe} --prompts {prompts} --evals 3"
                + "".join(f" --set {kv}" for kv in sets))
-        doc = Path("docs") / f"algorithms-{name}.md"
-        doc.write_text(f"# visalign compare: {name}\n\n`{cmd}`\n\n{res['header']}. The whole command took "
-                       f"{minutes:.1f} min (threads: {torch.get_num_threads()}).\n\n{res['table']}\n")
+        doc = write_doc(Path("docs") / f"algorithms-{name}.md", f"visalign compare: {name}", cmd, res, minutes)
         print(res["table"])
         print(f"wrote {doc}")
 

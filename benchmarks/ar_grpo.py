@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from visalign.compare import compare
+from visalign.compare import compare, write_doc
 
 VARIANTS = {
     "grpo": (["grpo"], "builtin:shapes-ar", "geneval-s", []),
@@ -39,9 +39,7 @@ def run(name: str, minutes: float, out: Path, note: str = "") -> None:
     sets = "".join(f" --set {o}" for o in overrides)
     cmd = (f"python benchmarks/ar_grpo.py {name} --minutes {minutes:g}   # = visalign compare {' '.join(algos)} "
            f"--model '{model}' --prompts {prompts} --budget-minutes {minutes:g} --evals 1{sets}")
-    doc = Path("docs") / f"ar-grpo-{name}.md"
-    doc.write_text(f"# AR-GRPO benchmark: {name}\n\n`{cmd}`\n\n{res['header']}. The whole command took {total:.1f} "
-                   f"min (torch threads: {torch.get_num_threads()}{'; ' + note if note else ''}).\n\n{res['table']}\n")
+    doc = write_doc(Path("docs") / f"ar-grpo-{name}.md", f"AR-GRPO benchmark: {name}", cmd, res, total, note)
     print(res["table"])
     print(f"wrote {doc}")
 

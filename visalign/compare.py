@@ -234,3 +234,14 @@ def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, 
     atomic_write_text(out / "compare.md", f"{header}\n\n{table}\n")
     write_page(results, table, header, out / "compare.html")
     return summary
+
+
+def write_doc(path: str | Path, title: str, command: str, res: dict, minutes: float, note: str = "") -> Path:
+    """A compare result as a docs page: the command that made it, its header and table, the time it took and
+    how the machine was used (written to a temp file, then renamed)."""
+    import torch
+
+    path = Path(path)
+    atomic_write_text(path, f"# {title}\n\n`{command}`\n\n{res['header']}. The whole command took {minutes:.1f} min "
+                            f"(torch threads: {torch.get_num_threads()}{'; ' + note if note else ''}).\n\n{res['table']}\n")
+    return path
