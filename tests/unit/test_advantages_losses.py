@@ -83,3 +83,12 @@ def test_grpo_windows_random_and_sliding():
     assert load_algorithm("grpo", {}).rollout_sampling(base, 3, None) is base
     with pytest.raises(ValueError, match="window_size=7 is larger than sampling.steps=6"):
         load_algorithm("grpo", {"window": "random", "window_size": 7}).rollout_sampling(base, 1, torch.Generator())
+    # inside the sampler's own stochastic steps [1, 4): one-step windows land on 1, 2 or 3 only
+    early = FlowSampling(steps=6, kind="flow", sde_window=(1, 4))
+    one = load_algorithm("grpo", {"window": "random", "window_size": 1})
+    assert {one.rollout_sampling(early, 1, torch.Generator().manual_seed(s)).sde_window for s in range(40)} == \
+        {(1, 2), (2, 3), (3, 4)}
+    slide1 = load_algorithm("grpo", {"window": "sliding", "window_size": 1})
+    assert [slide1.rollout_sampling(early, it, None).sde_window for it in (1, 2, 3, 4)] == [(1, 2), (2, 3), (3, 4), (1, 2)]
+    with pytest.raises(ValueError, match=r"window_size=4 is larger than sampling.sde_window=\(1, 4\)"):
+        load_algorithm("grpo", {"window": "random", "window_size": 4}).rollout_sampling(early, 1, torch.Generator())

@@ -6,7 +6,11 @@ plus beta x KL to the reference in mean space (DESIGN 3.1). The efficiency optio
 settings, not copies: `timestep_fraction` trains a random subset of the stochastic steps (DanceGRPO);
 `window` makes only `window_size` consecutive steps stochastic (ODE elsewhere), placed at random each
 iteration (Flow-GRPO-Fast) or sliding from the noisiest steps towards the clean end (MixGRPO, Li et al.,
-2025, arXiv 2507.21802); CFG-free rollouts and fewer training steps live in the sampling config.
+2025, arXiv 2507.21802), within the sampler's own `sde_window` when it sets one (e.g. only the early steps,
+where layout is decided); CFG-free rollouts and fewer training steps live in the sampling config. With
+`train.shared_initial_noise` and `window_size: 1`, a group's samples share everything but one step's noise,
+so its reward differences are credited to that step alone (the branching of TempFlow-GRPO, He et al., 2025,
+arXiv 2508.04324).
 """
 
 from __future__ import annotations
@@ -47,13 +51,16 @@ class GRPO(PolicyGradient):
         c = self.config
         if c.window == "none":
             return sampling
-        if c.window_size > sampling.steps:
-            raise ConfigError(f"window_size={c.window_size} is larger than sampling.steps={sampling.steps}")
-        positions = sampling.steps - c.window_size + 1
+        lo, hi = sampling.sde_window or (0, sampling.steps)  # the steps the window may cover
+        if c.window_size > hi - lo:
+            where = f"sampling.sde_window={tuple(sampling.sde_window)}" if sampling.sde_window else \
+                f"sampling.steps={sampling.steps}"
+            raise ConfigError(f"window_size={c.window_size} is larger than {where}")
+        positions = hi - lo - c.window_size + 1
         if c.window == "random":
-            start = int(torch.randint(positions, (1,), generator=gen))
+            start = lo + int(torch.randint(positions, (1,), generator=gen))
         else:
-            start = ((iteration - 1) // c.window_shift_every) % positions
+            start = lo + ((iteration - 1) // c.window_shift_every) % positions
         return dataclasses.replace(sampling, sde_window=(start, start + c.window_size))
 
     def advantages(self, rewards, prompts, group_size):
