@@ -30,6 +30,7 @@ class ShapesModelConfig:
     channels: tuple[int, ...] = (32, 64, 128)
     attention: tuple[bool, ...] = (False, True, True)
     heads: int = 4
+    positional: bool = False  # position features in the attention blocks (models/unet.py; the text task)
     text_dim: int = 128
     text_layers: int = 2
     max_prompt_words: int = 8
@@ -94,7 +95,8 @@ class ShapesModel(Pretrained, nn.Module):
         self.text_encoder = TextEncoder(
             self.tokenizer.vocab_size, config.text_dim, config.text_layers, config.heads, config.max_prompt_words
         )
-        self.unet = UNet(config.channels, config.attention, config.text_dim, config.heads)
+        self.unet = UNet(config.channels, config.attention, config.text_dim, config.heads,
+                         positional=config.positional)
 
     def encode_prompts(self, prompts: list[str]) -> TextCondition:
         ids = self.tokenizer(prompts).to(self.device)

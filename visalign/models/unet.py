@@ -4,6 +4,11 @@ The image is first folded 2x2 into channels (pixel unshuffle: [3, 32, 32] -> [12
 level runs at 16x16; every level has self-attention over positions and cross-attention to the prompt's
 tokens (layout and attribute binding need both). Time and the pooled prompt modulate every residual block
 (AdaGN, as in ADM). The output layer starts at zero, so an untrained model predicts 0.
+
+With `positional`, every attention block adds a learned projection of sinusoidal (y, x) features to its
+positions before attending (as a DiT's position embedding does): the queries then know where they are, so a
+pixel can attend to "the second letter" of a sign. Convolution padding alone carries position only weakly at
+the 8x16 and 4x8 levels where attention runs.
 """
 
 from __future__ import annotations
@@ -65,11 +70,27 @@ class Attention(nn.Module):
         return self.to_out(o.transpose(1, 2).reshape(b, n, d))
 
 
-class AttnBlock(nn.Module):
-    """Self-attention over positions, then cross-attention to the text tokens (masked), then an MLP."""
+POS_FREQS = 4  # sinusoid frequencies per axis of the position features
 
-    def __init__(self, dim: int, ctx_dim: int, heads: int = 4):
+
+def position_features(h: int, w: int, device=None) -> torch.Tensor:
+    """-> [h*w, 4 * POS_FREQS]: sin and cos of pi * 2^k * (y, x), with y, x the pixel centres in (0, 1)
+    (row-major, like the flattened positions). The same relative layout at every resolution."""
+    freqs = math.pi * 2.0 ** torch.arange(POS_FREQS, device=device, dtype=torch.float32)  # [F]
+    y = ((torch.arange(h, device=device) + 0.5) / h)[:, None] * freqs  # [h, F]
+    x = ((torch.arange(w, device=device) + 0.5) / w)[:, None] * freqs  # [w, F]
+    fy = torch.cat([y.sin(), y.cos()], -1)[:, None].expand(h, w, -1)  # [h, w, 2F]
+    fx = torch.cat([x.sin(), x.cos()], -1)[None].expand(h, w, -1)  # [h, w, 2F]
+    return torch.cat([fy, fx], -1).reshape(h * w, 4 * POS_FREQS)
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over positions, then cross-attention to the text tokens (masked), then an MLP; with
+    `positional`, a learned projection of the positions' (y, x) features is added first."""
+
+    def __init__(self, dim: int, ctx_dim: int, heads: int = 4, positional: bool = False):
         super().__init__()
+        self.pos = nn.Linear(4 * POS_FREQS, dim) if positional else None
         self.norm1 = nn.LayerNorm(dim)
         self.self_attn = Attention(dim, heads=heads)
         self.norm2 = nn.LayerNorm(dim)
@@ -80,6 +101,8 @@ class AttnBlock(nn.Module):
     def forward(self, x, ctx, ctx_mask):
         b, c, h, w = x.shape
         s = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        if self.pos is not None:
+            s = s + self.pos(position_features(h, w, x.device).to(s.dtype))  # [B, HW, C] + [HW, C]
         s = s + self.self_attn(self.norm1(s))
         s = s + self.cross_attn(self.norm2(s), ctx, ctx_mask)
         s = s + self.mlp(self.norm3(s))
@@ -89,10 +112,11 @@ class AttnBlock(nn.Module):
 class UNet(nn.Module):
     """(x [B, 3, H, W], t [B], ctx [B, L, Dc], ctx_mask [B, L], pooled [B, Dc]) -> [B, 3, H, W].
 
-    channels[i] is the width at resolution H / 2^(i+1); `attention[i]` says whether level i attends."""
+    channels[i] is the width at resolution H / 2^(i+1); `attention[i]` says whether level i attends;
+    `positional` adds position features in every attention block."""
 
     def __init__(self, channels=(64, 128), attention=(True, True), ctx_dim: int = 128, heads: int = 4,
-                 in_channels: int = 3):
+                 in_channels: int = 3, positional: bool = False):
         super().__init__()
         if len(attention) != len(channels):
             raise ValueError(f"attention has {len(attention)} entries for {len(channels)} levels; give one per level")
@@ -102,14 +126,14 @@ class UNet(nn.Module):
         self.time = nn.Sequential(nn.Linear(c0, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.text = nn.Linear(ctx_dim, emb)
         self.stem = nn.Conv2d(4 * in_channels, c0, 3, padding=1)
-        attn = lambda c, on: AttnBlock(c, ctx_dim, heads) if on else None  # noqa: E731
+        attn = lambda c, on: AttnBlock(c, ctx_dim, heads, positional) if on else None  # noqa: E731
         self.down = nn.ModuleList(ResBlock(c, c, emb) for c in channels)
         self.down_attn = nn.ModuleList(attn(c, a) for c, a in zip(channels, attention))
         self.downsample = nn.ModuleList(
             nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(channels[:-1], channels[1:])
         )
         self.mid = ResBlock(channels[-1], channels[-1], emb)
-        self.mid_attn = AttnBlock(channels[-1], ctx_dim, heads)
+        self.mid_attn = AttnBlock(channels[-1], ctx_dim, heads, positional)
         self.up = nn.ModuleList(ResBlock(2 * c, c, emb) for c in channels)
         self.up_attn = nn.ModuleList(attn(c, a) for c, a in zip(channels, attention))
         self.upsample = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(channels[:-1], channels[1:]))
