@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from visalign.compare import compare, write_doc
 
 MAIN = ["grpo", "ddpo", "nft", "nft:kl_beta=0.1", "diffusion_dpo", "online_dpo", "refl"]

@@ -230,8 +230,8 @@ def test_missing_checkpoints_are_one_line_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="HPS_v2.1_compressed.pt") as e:
         load_reward("hps", checkpoint=str(tmp_path), local_files_only=True)
     assert "\n" not in str(e.value)
-    with pytest.raises(FileNotFoundError, match="local hub cache; pass local_files_only=false") as e:
-        resolve_file("nobody/no-such-reward-repo", "model.pth", local_files_only=True)
+    with pytest.raises(FileNotFoundError, match="local hub cache; fetch it first") as e:
+        resolve_file("nobody/no-such-reward-repo", "model.pth")
     assert "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="could not load the clip_score CLIP model") as e:
         load_reward("clip_score", model=str(tmp_path / "nothing"), local_files_only=True)
@@ -242,15 +242,16 @@ def test_missing_checkpoints_are_one_line_errors(tmp_path):
         load_reward("aesthetic", predictor=str(tmp_path / "bad.pth"), clip=str(tmp_path / "c"), local_files_only=True)
 
 
-def test_hub_files_are_downloaded_only_on_request(monkeypatch):
-    """By default a hub id is looked up in the local cache only; the downloader is never called."""
+def test_checkpoint_files_are_never_downloaded(monkeypatch):
+    """A hub id is looked up in the local cache only, even for a reward built with local_files_only=false:
+    the downloader is never called, and the error names the command that fetches the file."""
     import huggingface_hub
 
     def no_network(*a, **k):
-        raise AssertionError("hf_hub_download was called without local_files_only=false")
+        raise AssertionError("a hub download was attempted")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
-    with pytest.raises(FileNotFoundError, match="pass local_files_only=false to download"):
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download nobody/no-such-reward-repo model.pth"):
         resolve_file("nobody/no-such-reward-repo", "model.pth")
-    with pytest.raises(FileNotFoundError, match="could not download model.pth .*AssertionError"):  # an explicit request reaches it
-        resolve_file("nobody/no-such-reward-repo", "model.pth", local_files_only=False)
+    with pytest.raises(FileNotFoundError, match="fetch it first"):
+        load_reward("hps", checkpoint="nobody/no-such-reward-repo", local_files_only=False)

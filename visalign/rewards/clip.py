@@ -1,6 +1,7 @@
 """CLIP-family learned rewards on transformers, loaded from the published checkpoints (hub id or local path;
-by default only a local path or the local hub cache is read; local_files_only=False downloads, on the
-user's explicit request):
+by default only a local path or the local hub cache is read; local_files_only=False lets transformers'
+from_pretrained download models, on the user's explicit request; single checkpoint files (.pt/.pth) are never
+downloaded here: fetch them with `huggingface-cli download REPO FILE`):
 
     clip_score  100 * cos(image, text) of CLIP ViT-L/14 (openai/clip-vit-large-patch14): CLIPScore (Hessel et
                 al., 2021) as torchmetrics reports it, without its clamp at 0 (which would stop gradients).
@@ -60,11 +61,11 @@ def preprocess(images: torch.Tensor, size: int, mean, std, fit: str = "crop") ->
     return (x - mean) / std
 
 
-def processor_stats(spec: str | None, local_files_only: bool, default_size: int):
+def processor_stats(spec: str | None, default_size: int):
     """(image size, mean, std) from a checkpoint's preprocessor_config.json; CLIP's defaults if it has none."""
     if spec is not None:
         try:
-            cfg = json.loads(resolve_file(spec, "preprocessor_config.json", local_files_only).read_text())
+            cfg = json.loads(resolve_file(spec, "preprocessor_config.json").read_text())
         except FileNotFoundError:
             cfg = None
         if cfg:
@@ -125,7 +126,7 @@ def load_clip_reward(model: str, processor: str | None, mode: str, name: str, lo
 
     clip = _from_pretrained(CLIPModel, model, local_files_only, f"{name} CLIP model", dtype=_dtype(dtype))
     tok = _from_pretrained(AutoTokenizer, processor or model, local_files_only, f"{name} tokenizer")
-    size, mean, std = processor_stats(processor or model, local_files_only, clip.config.vision_config.image_size)
+    size, mean, std = processor_stats(processor or model, clip.config.vision_config.image_size)
     return CLIPReward(clip, tok, size, mean, std, mode, name)
 
 
@@ -149,7 +150,7 @@ def _hps(checkpoint: str = "xswu/HPSv2", filename: str = "HPS_v2.1_compressed.pt
          dtype: str = "float32", hidden_act: str = "gelu", vision_head_width: int = 80, text_head_width: int = 64):
     from transformers import AutoTokenizer
 
-    sd = torch_state_dict(resolve_file(checkpoint, filename, local_files_only), key="state_dict")
+    sd = torch_state_dict(resolve_file(checkpoint, filename), key="state_dict")
     tok = _from_pretrained(AutoTokenizer, tokenizer, local_files_only, "hps tokenizer")
     clip = load_openclip_as_clip(sd, hidden_act=hidden_act, vision_head_width=vision_head_width,
                                  text_head_width=text_head_width, eos_token_id=tok.eos_token_id).to(_dtype(dtype))
@@ -184,7 +185,7 @@ def _aesthetic(clip: str = "openai/clip-vit-large-patch14", predictor: str = "ca
                dtype: str = "float32"):
     from transformers import CLIPConfig, CLIPVisionModelWithProjection
 
-    head = MLPHead.from_state_dict(torch_state_dict(resolve_file(predictor, filename, local_files_only)),
+    head = MLPHead.from_state_dict(torch_state_dict(resolve_file(predictor, filename)),
                                    f"aesthetic predictor {filename}")
     # the vision tower and its projection only; the projection width lives in the full CLIPConfig
     cfg = _from_pretrained(CLIPConfig, clip, local_files_only, "aesthetic CLIP config")
@@ -199,5 +200,5 @@ def _aesthetic(clip: str = "openai/clip-vit-large-patch14", predictor: str = "ca
                                   config=vcfg, dtype=_dtype(dtype))
     finally:
         hf_logging.set_verbosity(level)
-    size, mean, std = processor_stats(clip, local_files_only, vision.config.image_size)
+    size, mean, std = processor_stats(clip, vision.config.image_size)
     return AestheticReward(vision, head, size, mean, std)

@@ -43,9 +43,11 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> nn
     return module
 
 
-def resolve_file(spec: str | Path, filename: str, local_files_only: bool = True) -> Path:
-    """A file given as a path, a folder holding `filename`, or a hub repo id holding `filename`: read from the
-    local hub cache, and downloaded only when the user asks for it with local_files_only=False."""
+def resolve_file(spec: str | Path, filename: str) -> Path:
+    """A file given as a path, a folder holding `filename`, or a hub repo id whose `filename` is in the local
+    hub cache. visalign never downloads a checkpoint file itself (a reward's local_files_only governs
+    transformers' from_pretrained only): the user fetches it explicitly, e.g. `huggingface-cli download REPO
+    FILE`, which puts it in the cache read here."""
     p = Path(spec)
     if p.is_file():
         return p
@@ -53,21 +55,14 @@ def resolve_file(spec: str | Path, filename: str, local_files_only: bool = True)
         if not (p / filename).is_file():
             raise FileNotFoundError(f"{p} holds no {filename}; give the file's path or a folder holding it")
         return p / filename
-    if local_files_only:  # the cache only: no network call is made
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # reads the cache only: no network call is made
 
-        hit = try_to_load_from_cache(str(spec), filename)
-        if isinstance(hit, str):
-            return Path(hit)
-        raise FileNotFoundError(f"'{spec}' is not a file, a folder holding {filename}, or a hub id whose {filename} is "
-                                f"in the local hub cache; pass local_files_only=false to download it")
-    from huggingface_hub import hf_hub_download  # only on the user's explicit local_files_only=false
-
-    try:
-        return Path(hf_hub_download(str(spec), filename))
-    except Exception as e:  # the hub client's errors are long and many-lined
-        raise FileNotFoundError(f"could not download {filename} from hub id '{spec}': {type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    hit = try_to_load_from_cache(str(spec), filename)
+    if isinstance(hit, str):
+        return Path(hit)
+    raise FileNotFoundError(f"'{spec}' is not a file, a folder holding {filename}, or a hub id whose {filename} is in "
+                            f"the local hub cache; fetch it first (huggingface-cli download {spec} {filename}) or "
+                            f"give its path")
 
 
 def torch_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -55,7 +55,7 @@ def _image_reward(checkpoint: str = "THUDM/ImageReward", filename: str = "ImageR
                   dtype: str = "float32", vision_heads: int | None = None, text_heads: int | None = None):
     from transformers import AutoTokenizer
 
-    sd = torch_state_dict(resolve_file(checkpoint, filename, local_files_only))
+    sd = torch_state_dict(resolve_file(checkpoint, filename))
     vision, text, head = load_imagereward(sd, vision_heads=vision_heads, text_heads=text_heads)
     tok = _from_pretrained(AutoTokenizer, tokenizer, local_files_only, "image_reward tokenizer")
     return ImageReward(vision.to(_dtype(dtype)), text.to(_dtype(dtype)), head, tok)
