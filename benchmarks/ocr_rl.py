@@ -66,9 +66,10 @@ def main(argv=None) -> int:
     text = table(results)
     cmd = f"python benchmarks/ocr_rl.py --recipes {' '.join(args.recipes)} --minutes {args.minutes:g} " + " ".join(args.overrides)
     Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.doc).write_text(f"# OCR RL on builtin:text-flow\n\n`{cmd.strip()}`  (torch threads: "
+    models = ", ".join(dict.fromkeys(load_train_recipe(n)[0].model for n in args.recipes))
+    Path(args.doc).write_text(f"# OCR RL on {models}\n\n`{cmd.strip()}`  (torch threads: "
                               f"{torch.get_num_threads()})\n\nHeld-out OCR reward = mean `ocr` reward on the 63 "
-                              f"held-out words (each twice, 20 deterministic steps, CFG 3). Budget: training wall "
+                              f"held-out words (each twice, the model's own sampler: 20 deterministic steps with CFG 3 for text-flow, CFG-3 token sampling for text-ar). Budget: training wall "
                               f"minutes (evaluation excluded).\n\n{text}\n")
     print(text)
     print(f"wrote {args.doc}")

@@ -41,3 +41,36 @@ def test_ocr_recipes_run_on_held_out_words(tiny_text_model, tmp_path, recipe):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert list(rows[0]["eval_categories"]) == ["text"] and 0 <= rows[-1]["eval_overall"] <= 1
     assert 0 <= rows[-1]["reward_mean"] <= 1
+
+
+@pytest.fixture(scope="module")
+def tiny_text_token_model(tmp_path_factory):
+    """`pretrain text-vq-pretrain` then `pretrain text-ar-pretrain` on it, at tiny size: a 32x64 sign -> 8x16 ids."""
+    root = tmp_path_factory.mktemp("text-ar")
+    vq, gpt = root / "vq", root / "gpt"
+    assert main(["pretrain", "text-vq-pretrain", "train.steps=2", "train.batch_size=4", "model.codebook_size=16",
+                 "model.channels=[8, 16]", "--out", str(vq)]) == 0
+    assert main(["pretrain", "text-ar-pretrain", f"tokenizer={vq}", "train.steps=2", "train.max_minutes=0",
+                 "train.batch_size=4", "model.codebook_size=16", "model.dim=32", "model.layers=1", "model.heads=2",
+                 "--out", str(gpt)]) == 0
+    assert json.loads((gpt / "tokenizer" / "config.json").read_text())["width"] == 64  # the model folder carries it
+    return gpt
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="the tesseract binary is absent (Debian package "
+                    "tesseract-ocr; `make test` and .ci/run install it)")
+def test_ar_ocr_recipe_runs_on_held_out_words(tiny_text_token_model, tmp_path, capsys):
+    grid = tmp_path / "g.png"
+    assert main(["sample", "--model", f"builtin:text-ar?path={tiny_text_token_model}", "--prompt",
+                 'a sign that says "ZOO"', "--n", "2", "--out", str(grid)]) == 0 and grid.is_file()
+    assert main(["sample", "--model", f"builtin:text-ar?path={tiny_text_token_model}&plan=false", "--prompt",
+                 'a sign that says "ZOO"', "--out", str(grid)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not take options ['plan']" in err and "\n" not in err
+    out = tmp_path / "run"
+    assert main(["train", "text-ar-ocr-grpo", f"model=builtin:text-ar?path={tiny_text_token_model}",
+                 "train.iterations=1", "train.batch_size=4", "train.group_size=2", "train.minibatches=1",
+                 "train.eval_per_category=2", "train.eval_every=1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert list(rows[0]["eval_categories"]) == ["text"] and 0 <= rows[-1]["eval_overall"] <= 1
+    assert 0 <= rows[-1]["reward_mean"] <= 1

@@ -235,3 +235,39 @@ def test_a_given_plan_is_drawn_and_scored_as_forced(adapter):
     assert (lp - traj.log_probs).abs().max() < 1e-4
     with pytest.raises(plan_lang.PlanError, match="unknown cell 'middle'"):
         ARSampling(plan="red circle @ middle")
+
+
+def test_text_task_token_model_has_no_plan_and_keeps_the_ratio_invariant(tmp_path):
+    """The text task (world/text.py) on the same classes: a wide VQ grid (16 x 32 -> 4 x 8 tokens), letter tokens
+    in the prompt, no plan slot; the ratio is 1 on-policy; a text prompt is parsed by the text grammar; a GPT
+    and a tokenizer of different tasks or grids are refused in one line; save + load round-trips the width."""
+    from visalign.world.grammar import PromptError
+
+    torch.manual_seed(0)
+    vq = VQVAE(VQConfig(resolution=16, width=32, task="text", channels=(8, 16), codebook_size=16, code_dim=4))
+    gpt = TokenGPT(ARConfig(task="text", dim=32, layers=2, heads=2, mlp_ratio=2, codebook_size=16, grid=4, grid_w=8))
+    with torch.no_grad():
+        gpt.head.weight.normal_(0, 0.5)
+    adapter = ShapesARAdapter(gpt.eval(), vq)
+    assert (adapter.plan_length, adapter.n_plan, adapter.gen_length) == (0, 0, 32)
+    prompts = ['a sign that says "CAT"', 'a sign that says "Q"']
+    policy = make_policy(adapter)
+    traj = policy.sample(prompts, [1, 2], ARSampling(guidance_scale=3.0, temperature=0.8))
+    assert traj.states.shape == (2, 32) and traj.images.shape == (2, 3, 16, 32)
+    assert (traj.states < 16).all() and (traj.log_probs < 0).all()  # every token is an image code, drawn freely
+    lp = policy.log_prob(traj, list(range(32)))
+    assert (lp.log_prob.detach() - traj.log_probs).abs().max() < 1e-4
+    assert adapter.plans(traj.states) == ["", ""]
+    assert torch.equal(adapter.encode_images(traj.images), vq.encode(traj.images))
+    # different letters are different prompt tokens: the conditional logits differ
+    ids = adapter.encode(['a sign that says "CAT"', 'a sign that says "CAB"'])
+    assert ids.shape == (2, 8) and not torch.equal(ids[0], ids[1])
+    assert adapter.parse_prompt(prompts[0]).text == "CAT"
+    with pytest.raises(PromptError):
+        adapter.parse_prompt("a red circle")
+    with pytest.raises(ValueError, match="tokenizer was trained on shapes renders"):
+        ShapesARAdapter(gpt, VQVAE(VQConfig(resolution=16, width=32, channels=(8, 16), codebook_size=16, code_dim=4)))
+    with pytest.raises(ValueError, match="4x8 tokens .* gives 4x4"):
+        ShapesARAdapter(gpt, VQVAE(VQConfig(resolution=16, task="text", channels=(8, 16), codebook_size=16, code_dim=4)))
+    vq.save_pretrained(tmp_path / "vq")
+    assert VQVAE.from_pretrained(tmp_path / "vq").config.grid == (4, 8)

@@ -45,7 +45,7 @@ def test_bundled_diffusion_model_ratio_is_one_and_it_draws_shapes():
     from visalign.policies import DiffusionSampling, make_policy
 
     files = {p.name: p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file()}
-    assert sum(files.values()) < 20 * 2**20  # everything bundled so far
+    assert sum(files.values()) < 24 * 2**20  # everything bundled (7 models; the package stays a small install)
     policy = make_policy(load_model("builtin:shapes-ddpm"))
     traj = policy.sample(["a red circle", "three stars", "a circle left of a square"], [1, 2, 3],
                          DiffusionSampling(steps=5, guidance_scale=3.0, eta=1.0))

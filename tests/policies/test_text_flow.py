@@ -1,5 +1,6 @@
-"""The bundled builtin:text-flow weights: they load, sample deterministically at 32x64, refuse a prompt outside
-the OCR alphabet, and draw words that tesseract partly reads (held-out words, never trained on)."""
+"""The bundled builtin:text-flow weights: they load, sample deterministically at 32x64 (as builtin:text-ar does),
+refuse a prompt outside the OCR alphabet, and draw words that tesseract partly reads (held-out words, never
+trained on). Sampling and the held-out words are checked for builtin:text-ar too."""
 
 import shutil
 
@@ -10,11 +11,6 @@ from visalign.images import images_to_tensor
 from visalign.models.registry import WEIGHTS_DIR, load_generator, load_model
 from visalign.world import text
 from visalign.world.grammar import PromptError
-
-
-@pytest.fixture(scope="module")
-def generator():
-    return load_generator("builtin:text-flow?steps=10")
 
 
 def test_text_flow_is_bundled_small_fp16():
@@ -28,7 +24,10 @@ def test_text_flow_is_bundled_small_fp16():
     assert adapter.latent_shape == (3, 32, 64) and adapter.model.config.task == "text"
 
 
-def test_samples_deterministically_and_refuses_bad_text(generator):
+@pytest.mark.parametrize("model", ["builtin:text-flow?steps=10", "builtin:text-ar"])
+def test_samples_deterministically_and_refuses_bad_text(model):
+    """Both bundled text models (the flow UNet and the token GPT)."""
+    generator = load_generator(model)
     prompts = [text.TextSpec(w).prompt for w in ("CAT", "Q", "JAZZ")]
     a, b = generator.generate(prompts, [1, 2, 3]), generator.generate(prompts, [1, 2, 3])
     assert a.shape == (3, 32, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
@@ -39,9 +38,11 @@ def test_samples_deterministically_and_refuses_bad_text(generator):
 
 @pytest.mark.skipif(shutil.which("tesseract") is None, reason="the tesseract binary is absent (Debian package "
                     "tesseract-ocr; `make test` and .ci/run install it)")
-def test_base_model_partly_draws_held_out_words(generator):
+@pytest.mark.parametrize("model", ["builtin:text-flow?steps=10", "builtin:text-ar"])
+def test_base_model_partly_draws_held_out_words(model):
     from visalign.rewards import load_reward
 
+    generator = load_generator(model)
     prompts = text.prompts("eval")[::2]  # 32 held-out words
     images = generator.generate(prompts, list(range(len(prompts))))
     score = load_reward("ocr")(images_to_tensor(images), prompts).scores.mean().item()

@@ -1,12 +1,13 @@
-"""builtin:shapes-ar: a small decoder-only transformer (GPT-2 layout, Radford et al., 2019; nanoGPT) over
-one sequence per image,
+"""builtin:shapes-ar and builtin:text-ar: a small decoder-only transformer (GPT-2 layout, Radford et al.,
+2019; nanoGPT) over one sequence per image,
 
-    [prompt words (max_prompt_words, right-padded) | plan (plan.PLAN_LENGTH) | image tokens (grid x grid)]
+    [prompt words (max_prompt_words, right-padded) | plan (plan.PLAN_LENGTH) | image tokens (gh x gw)]
 
 with the image tokens of the VQ tokenizer (models/vq.py), as LlamaGen (Sun et al., 2024, arXiv 2406.06525)
-does at scale. The plan is the world's layout language (world/plan.py): the model first writes where it
-will put what, then draws it (plan-then-draw). It is pretrained with empty plans a share of the time, so
-the same weights draw with or without a plan (a sampling option).
+does at scale. The plan is the shapes world's layout language (world/plan.py): the model first writes where
+it will put what, then draws it (plan-then-draw). It is pretrained with empty plans a share of the time, so
+the same weights draw with or without a plan (a sampling option). The text task (signs that say a word,
+world/text.py) has no plan: its sequences are the prompt's tokens, then the image tokens.
 
 Generated tokens live in one output vocabulary: plan words [0, n_plan), then image codes [n_plan,
 n_plan + K). Input ids put the prompt vocabulary first: input id = prompt_vocab + output id.
@@ -24,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..world import plan as plan_lang
-from .text import WordTokenizer
+from .text import PARSERS, TASKS, make_tokenizer
 from .persist import Pretrained
 from .vq import VQVAE
 
@@ -36,7 +37,9 @@ class ARConfig:
     heads: int = 4
     mlp_ratio: int = 3
     codebook_size: int = 512  # the VQ's
-    grid: int = 8  # the VQ's token grid side
+    grid: int = 8  # the VQ's token grid: rows
+    grid_w: int = 0  # ... and columns; 0 = square
+    task: str = "shapes"  # the world task (models/text.py TASKS): its prompt tokens; shapes also writes a plan
     max_prompt_words: int = 8
     # Sampling defaults that came with the training (what `visalign sample` and `eval` use).
     guidance_scale: float = 3.0
@@ -48,13 +51,24 @@ class ARConfig:
     def __post_init__(self):
         if self.dim % self.heads != 0:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if self.layers < 1 or self.codebook_size < 2 or self.grid < 1:
+        if self.layers < 1 or self.codebook_size < 2 or self.grid < 1 or self.grid_w < 0:
             raise ValueError(f"layers, codebook_size and grid must be positive, got {self.layers}, "
-                             f"{self.codebook_size}, {self.grid}")
+                             f"{self.codebook_size}, {self.grid}x{self.grid_w}")
+        if self.task not in TASKS:
+            raise ValueError(f"task '{self.task}' is not one of {', '.join(TASKS)}")
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return self.grid, self.grid_w or self.grid
+
+    @property
+    def plan_length(self) -> int:
+        """Tokens of the plan slot (the shapes world's layout language; none for the text task)."""
+        return plan_lang.PLAN_LENGTH if self.task == "shapes" else 0
 
     @property
     def n_plan(self) -> int:
-        return len(plan_lang.WORDS)
+        return len(plan_lang.WORDS) if self.plan_length else 0
 
     @property
     def out_vocab(self) -> int:
@@ -63,7 +77,7 @@ class ARConfig:
     @property
     def gen_length(self) -> int:
         """Generated tokens per image: the plan slot then the image tokens."""
-        return plan_lang.PLAN_LENGTH + self.grid * self.grid
+        return self.plan_length + self.grid_hw[0] * self.grid_hw[1]
 
     @property
     def context(self) -> int:
@@ -110,7 +124,7 @@ class TokenGPT(Pretrained, nn.Module):
     def __init__(self, config: ARConfig):
         super().__init__()
         self.config = config
-        self.tokenizer = WordTokenizer(max_length=config.max_prompt_words)
+        self.tokenizer = make_tokenizer(config.task, config.max_prompt_words)
         self.prompt_vocab = self.tokenizer.vocab_size
         self.embed = nn.Embedding(self.prompt_vocab + config.out_vocab, config.dim)
         self.pos = nn.Parameter(torch.zeros(config.context, config.dim))
@@ -148,7 +162,8 @@ class TokenGPT(Pretrained, nn.Module):
 
 
 class ShapesARAdapter:
-    """builtin:shapes-ar for AutoregressivePolicy: the GPT (trainable) and its frozen VQ tokenizer.
+    """A token model (builtin:shapes-ar, builtin:text-ar) for AutoregressivePolicy: the GPT (trainable) and
+    its frozen VQ tokenizer.
 
     encode(prompts) -> prompt ids [B, L]             ("" is the unconditional prompt of CFG)
     predict(ids [R, S], start, cache) -> (logits [R, S, V], cache)   one network forward
@@ -159,12 +174,15 @@ class ShapesARAdapter:
 
     def __init__(self, gpt: TokenGPT, vq: VQVAE):
         c = gpt.config
-        if (vq.config.codebook_size, vq.config.grid) != (c.codebook_size, c.grid):
-            raise ValueError(f"the GPT models {c.grid}x{c.grid} tokens of a {c.codebook_size}-code VQ, the tokenizer "
-                             f"gives {vq.config.grid}x{vq.config.grid} of {vq.config.codebook_size}")
+        if (vq.config.codebook_size, vq.config.grid) != (c.codebook_size, c.grid_hw):
+            (gh, gw), (vh, vw) = c.grid_hw, vq.config.grid
+            raise ValueError(f"the GPT models {gh}x{gw} tokens of a {c.codebook_size}-code VQ, the tokenizer "
+                             f"gives {vh}x{vw} of {vq.config.codebook_size}")
+        if vq.config.task != c.task:
+            raise ValueError(f"the GPT draws the {c.task} task, its tokenizer was trained on {vq.config.task} renders")
         self.model, self.vq = gpt, vq.requires_grad_(False).eval()
         self.config = c
-        self.prompt_length, self.plan_length = c.max_prompt_words, plan_lang.PLAN_LENGTH
+        self.prompt_length, self.plan_length = c.max_prompt_words, c.plan_length
         self.gen_length, self.n_plan, self.offset = c.gen_length, c.n_plan, gpt.prompt_vocab
         self.default_guidance, self.default_steps = c.guidance_scale, None
 
@@ -179,11 +197,15 @@ class ShapesARAdapter:
     def encode(self, prompts: list[str]) -> torch.Tensor:
         return self.model.tokenizer(prompts).to(self.model.device)  # [B, L]
 
+    def parse_prompt(self, prompt: str):
+        """The prompt's spec in the model's world task (a one-line PromptError for a prompt outside it)."""
+        return PARSERS[self.config.task](prompt)
+
     def predict(self, ids: torch.Tensor, start: int = 0, cache: list | None = None):
         return self.model(ids, start, cache)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        codes = (tokens[:, self.plan_length:] - self.n_plan).clamp(0, self.config.codebook_size - 1)  # [B, g*g]
+        codes = (tokens[:, self.plan_length:] - self.n_plan).clamp(0, self.config.codebook_size - 1)  # [B, gh*gw]
         with torch.no_grad():
             return self.vq.decode(codes.to(self.vq.device))
 
@@ -195,11 +217,15 @@ class ShapesARAdapter:
 
     def plans(self, tokens: torch.Tensor) -> list[str]:
         """The plan text each sequence wrote ("" when it drew without one)."""
+        if not self.plan_length:
+            return [""] * len(tokens)
         return [plan_lang.decode_plan(t[: self.plan_length].tolist()) for t in tokens]
 
     def encode_images(self, images: torch.Tensor, plans: list[str] | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] (and their plans, default empty) -> output-id sequences [B, N]."""
-        codes = self.vq.encode(images) + self.n_plan  # [B, g*g]
+        codes = self.vq.encode(images) + self.n_plan  # [B, gh*gw]
+        if not self.plan_length:
+            return codes
         plan_ids = torch.tensor([plan_lang.encode_plan(p) for p in (plans or [""] * len(images))])  # [B, P]
         return torch.cat([plan_ids.to(codes.device), codes], 1)
 

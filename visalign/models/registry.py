@@ -94,16 +94,29 @@ def _text_flow(path: str | None = None):
 @MODELS.register("builtin:shapes-ar", "bundled autoregressive GPT over 8x8 VQ tokens (builtin:shapes-vq) with an "
                  "optional layout plan (options: path, tokenizer, temperature, top_k, plan)")
 def _shapes_ar(path: str | None = None, tokenizer: str | None = None, **sampling):
+    default_tokenizer = WEIGHTS_DIR / "shapes-vq" if path is None else None  # a saved model carries its own
+    return _token_model("builtin:shapes-ar", path or WEIGHTS_DIR / "shapes-ar", tokenizer or default_tokenizer,
+                        sampling, ("temperature", "top_k", "plan"))
+
+
+@MODELS.register("builtin:text-ar", "bundled autoregressive GPT of the text task: signs as 8x16 VQ tokens "
+                 "(builtin:text-vq) (options: path, temperature, top_k)")
+def _text_ar(path: str | None = None, **sampling):
+    tokenizer = WEIGHTS_DIR / "text-vq" if path is None else None  # a saved model carries its own
+    return _token_model("builtin:text-ar", path or WEIGHTS_DIR / "text-ar", tokenizer, sampling, ("temperature", "top_k"))
+
+
+def _token_model(name: str, path, tokenizer, sampling: dict, accepted: tuple[str, ...]):
+    """A GPT folder (+ its tokenizer; default PATH/tokenizer) with sampling defaults overridden by options."""
     import dataclasses
 
     from .ar import load_ar
 
-    default_tokenizer = WEIGHTS_DIR / "shapes-vq" if path is None else None  # a saved model carries its own
-    adapter = load_ar(path or WEIGHTS_DIR / "shapes-ar", tokenizer or default_tokenizer)
-    unknown = sorted(set(sampling) - {"temperature", "top_k", "plan"})
+    unknown = sorted(set(sampling) - set(accepted))
     if unknown:
-        raise ValueError(f"builtin:shapes-ar does not take options {unknown}; accepted: path, tokenizer, temperature, "
-                         f"top_k, plan")
+        raise ValueError(f"{name} does not take options {unknown}; accepted: path, "
+                         f"{'tokenizer, ' if 'plan' in accepted else ''}{', '.join(accepted)}")
+    adapter = load_ar(path, tokenizer)
     adapter.config = adapter.model.config = dataclasses.replace(adapter.config, **sampling)  # checked by ARSampling
     return adapter
 

@@ -1,5 +1,6 @@
-"""The shapes world's image tokenizer: a small VQ-VAE (van den Oord et al., 2017, arXiv 1711.00937),
-32x32x3 image in [-1, 1] -> 8x8 ids into a codebook of K entries -> image.
+"""The world's image tokenizer: a small VQ-VAE (van den Oord et al., 2017, arXiv 1711.00937), an H x W x 3
+image in [-1, 1] -> (H/4) x (W/4) ids into a codebook of K entries -> image (shapes: 32x32 -> 8x8; the text
+task's signs: 32x64 -> 8x16).
 
 The codebook is learned with exponential moving averages of the encoder outputs assigned to each code
 (the paper's appendix; Razavi et al., 2019), not by gradients, and a code nobody has picked for a while is
@@ -26,8 +27,10 @@ from .persist import Pretrained
 
 @dataclass(frozen=True)
 class VQConfig:
-    resolution: int = 32
-    channels: tuple[int, ...] = (32, 64)  # widths at full and half resolution; 8x8 is reached with channels[-1]
+    resolution: int = 32  # image height (and width unless `width` is set)
+    width: int = 0  # image width; 0 = square
+    task: str = "shapes"  # the world task whose renders it is trained on (world/): shapes | text
+    channels: tuple[int, ...] = (32, 64)  # widths at full and half resolution; the token grid is reached with channels[-1]
     codebook_size: int = 512
     code_dim: int = 16  # low-dimensional codes are used more evenly (Yu et al., 2021, ViT-VQGAN)
     beta: float = 0.25  # commitment weight
@@ -36,14 +39,18 @@ class VQConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.resolution % 4 != 0:
-            raise ValueError(f"resolution {self.resolution} must be divisible by 4 (two halvings to the token grid)")
+        if self.resolution % 4 != 0 or self.width % 4 != 0:
+            raise ValueError(f"resolution {self.resolution} and width {self.width} must be divisible by 4 (two "
+                             f"halvings to the token grid)")
+        if self.task not in ("shapes", "text"):
+            raise ValueError(f"task '{self.task}' is not one of shapes, text")
         if self.codebook_size < 2 or self.code_dim < 1:
             raise ValueError(f"codebook_size must be >= 2 and code_dim >= 1, got {self.codebook_size}, {self.code_dim}")
 
     @property
-    def grid(self) -> int:
-        return self.resolution // 4
+    def grid(self) -> tuple[int, int]:
+        """The token grid (rows, columns)."""
+        return self.resolution // 4, (self.width or self.resolution) // 4
 
 
 class ResBlock(nn.Module):
@@ -64,14 +71,14 @@ class VQVAE(Pretrained, nn.Module):
         c1, c2 = config.channels[0], config.channels[-1]
         self.encoder = nn.Sequential(
             nn.Conv2d(3, c1, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), ResBlock(c2),  # 16x16
-            nn.Conv2d(c2, c2, 4, stride=2, padding=1), ResBlock(c2),  # 8x8
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1), ResBlock(c2),  # H/2 x W/2
+            nn.Conv2d(c2, c2, 4, stride=2, padding=1), ResBlock(c2),  # H/4 x W/4: the token grid
             nn.SiLU(), nn.Conv2d(c2, config.code_dim, 1),
         )
         self.decoder = nn.Sequential(
             nn.Conv2d(config.code_dim, c2, 3, padding=1), ResBlock(c2),
-            nn.ConvTranspose2d(c2, c2, 4, stride=2, padding=1), ResBlock(c2),  # 16x16
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.SiLU(),  # 32x32
+            nn.ConvTranspose2d(c2, c2, 4, stride=2, padding=1), ResBlock(c2),  # H/2 x W/2
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.SiLU(),  # H x W
             nn.Conv2d(c1, 3, 3, padding=1),
         )
         k, d = config.codebook_size, config.code_dim
@@ -90,21 +97,21 @@ class VQVAE(Pretrained, nn.Module):
         return d.argmin(1)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] in [-1, 1] -> token ids [B, g*g] (row-major over the g x g grid)."""
-        z = self.encoder(images.to(self.device).float())  # [B, D, g, g]
+        """images [B, 3, H, W] in [-1, 1] -> token ids [B, gh*gw] (row-major over the gh x gw grid)."""
+        z = self.encoder(images.to(self.device).float())  # [B, D, gh, gw]
         b = z.shape[0]
         return self.nearest(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])).view(b, -1)
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """token ids [B, g*g] -> images [B, 3, H, W], clamped to [-1, 1]."""
-        g = self.config.grid
-        q = self.codebook[ids.to(self.device)].view(ids.shape[0], g, g, -1).permute(0, 3, 1, 2)  # [B, D, g, g]
+        """token ids [B, gh*gw] -> images [B, 3, H, W], clamped to [-1, 1]."""
+        gh, gw = self.config.grid
+        q = self.codebook[ids.to(self.device)].view(ids.shape[0], gh, gw, -1).permute(0, 3, 1, 2)  # [B, D, gh, gw]
         return self.decoder(q).clamp(-1, 1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass -> (reconstruction [B, 3, H, W], commitment loss [], ids [B, g*g]). In training mode the
+        """Training pass -> (reconstruction [B, 3, H, W], commitment loss [], ids [B, gh*gw]). In training mode the
         codebook moves towards the mean of the encoder outputs assigned to each code."""
-        z = self.encoder(images)  # [B, D, g, g]
+        z = self.encoder(images)  # [B, D, gh, gw]
         b, d = z.shape[:2]
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # [N, D]
         ids = self.nearest(flat.detach())  # [N]

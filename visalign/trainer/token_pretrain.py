@@ -1,4 +1,5 @@
-"""Pretraining of the autoregressive family on fresh GenEval-S train renders (the same stream as shapes-flow):
+"""Pretraining of the autoregressive family on fresh train renders of its world task (GenEval-S scenes, the
+same stream as shapes-flow, or the text task's signs, as text-flow):
 kind `vq_pretrain` trains the VQ tokenizer (models/vq.py) on reconstruction, kind `ar_pretrain` trains the
 token GPT (models/ar.py) by next-token cross-entropy on [prompt, plan, image tokens of the frozen VQ].
 
@@ -25,7 +26,7 @@ from ..images import images_to_tensor
 from ..world import plan as plan_lang
 from ..world import render
 from ..world.vocab import CATEGORIES
-from .pretrain import SceneStream, lr_at
+from .pretrain import STREAMS, SceneStream, lr_at
 
 SAVE_DTYPES = {"float16": torch.float16, "float32": None}
 
@@ -67,7 +68,8 @@ class TokenPretrainConfig:
 class TokenPretrainRecipe:
     name: str
     description: str = ""
-    tokenizer: str = "builtin:shapes-vq"  # ar_pretrain: the frozen VQ whose tokens the GPT learns (a name or a dir)
+    tokenizer: str = "builtin:shapes-vq"  # ar_pretrain: the frozen VQ whose tokens the GPT learns (builtin:NAME or a dir)
+    init: str = ""  # ar_pretrain: go on training this token model (e.g. builtin:shapes-ar) with its own tokenizer
     model: dict = field(default_factory=dict)  # VQConfig or ARConfig fields
     train: TokenPretrainConfig = field(default_factory=TokenPretrainConfig)
 
@@ -105,15 +107,15 @@ def _lr(step: int, elapsed: float, cfg: TokenPretrainConfig) -> float:
     return cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
-def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, stream=None):
-    """The shared optimisation loop: fresh batch -> loss_fn(prompts, images uint8) -> (loss, metrics)."""
+def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, stream):
+    """The shared optimisation loop: fresh batch of stream(seed) -> loss_fn(prompts, images uint8, ...) ->
+    (loss, metrics)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model.to(cfg.device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=cfg.weight_decay)
-    make = (lambda seed: SceneStream(seed, model.config.resolution)) if stream is None else stream
-    batches = _batches(make, cfg)
+    batches = _batches(stream, cfg)
     log(f"pretraining {what}, {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M params, "
         f"{cfg.steps} steps x {cfg.batch_size} on {cfg.device}")
     start, history = time.time(), []
@@ -158,7 +160,8 @@ def vq_pretrain(model_cfg, cfg: TokenPretrainConfig, out: str | Path, log=print)
         used = ids.unique().numel()
         return mse + commit, {"mse": round(mse.item(), 5), "codes_used": used}
 
-    return _loop(model, cfg, Path(out), loss_fn, log, "VQ tokenizer")
+    res, task = model.config.resolution, model.config.task
+    return _loop(model, cfg, Path(out), loss_fn, log, "VQ tokenizer", stream=lambda seed: STREAMS[task](seed, res))
 
 
 class PlanSceneStream(SceneStream):
@@ -176,18 +179,35 @@ class PlanSceneStream(SceneStream):
         return prompts, np.stack(images), plans
 
 
-def ar_pretrain(model_cfg, cfg: TokenPretrainConfig, tokenizer: str, out: str | Path, log=print):
+class PlanlessStream:
+    """A world task without a plan (the text task): its stream's batches with empty plans."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def batch(self, n: int) -> tuple[list[str], np.ndarray, list[str]]:
+        prompts, images = self.stream.batch(n)
+        return prompts, images, [""] * n
+
+
+def ar_pretrain(model_cfg, cfg: TokenPretrainConfig, tokenizer: str, out: str | Path, log=print,
+                init=None):
     """Train the token GPT (models/ar.py) by next-token cross-entropy under the sampling-time token masks
-    (the plan grammar, image codes at image positions), on the frozen VQ's tokens of fresh renders."""
-    from ..models.ar import ShapesARAdapter, TokenGPT
+    (the plan grammar, image codes at image positions), on the frozen VQ's tokens of fresh renders; with
+    `init` (a ShapesARAdapter) go on training its GPT on its tokenizer (supervised fine-tuning). The output
+    folder holds the GPT and, in OUT/tokenizer, the VQ it draws with (`builtin:shapes-ar?path=OUT` loads it)."""
+    from ..models.ar import TOKENIZER_DIR, ShapesARAdapter, TokenGPT
     from ..models.registry import WEIGHTS_DIR
     from ..models.vq import VQVAE
     from ..policies.autoregressive import ARSampling, AutoregressivePolicy
 
-    vq_dir = WEIGHTS_DIR / "shapes-vq" if tokenizer == "builtin:shapes-vq" else Path(tokenizer)
-    vq = VQVAE.from_pretrained(vq_dir).to(cfg.device)
-    gpt = TokenGPT(model_cfg)
+    if init is not None:
+        gpt, vq = init.model, init.vq.to(cfg.device)
+    else:
+        vq_dir = WEIGHTS_DIR / tokenizer.removeprefix("builtin:") if tokenizer.startswith("builtin:") else Path(tokenizer)
+        gpt, vq = TokenGPT(model_cfg), VQVAE.from_pretrained(vq_dir).to(cfg.device)
     adapter = ShapesARAdapter(gpt, vq)
+    vq.save_pretrained(Path(out) / TOKENIZER_DIR, dtype=SAVE_DTYPES[cfg.save_dtype])
     policy = AutoregressivePolicy(adapter, ARSampling())
     with_plan, without = ARSampling(plan=True), ARSampling(plan=False)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -214,8 +234,12 @@ def ar_pretrain(model_cfg, cfg: TokenPretrainConfig, tokenizer: str, out: str | 
         return nll.mean(), {"image_nll": round(img_nll.item(), 4), "plan_nll_per_plan": round(plan_nll.item(), 4)}
 
     gpt.to(cfg.device)
-    res = vq.config.resolution
-    return _loop(gpt, cfg, Path(out), loss_fn, log, "token GPT", stream=lambda seed: PlanSceneStream(seed, res))
+    res, task = vq.config.resolution, gpt.config.task
+    if task == "shapes":
+        stream = lambda seed: PlanSceneStream(seed, res)  # noqa: E731
+    else:
+        stream = lambda seed: PlanlessStream(STREAMS[task](seed, res))  # noqa: E731
+    return _loop(gpt, cfg, Path(out), loss_fn, log, "token GPT", stream=stream)
 
 
 KINDS = ("vq_pretrain", "ar_pretrain")
@@ -231,9 +255,19 @@ def run_recipe(data: dict, out: str | Path, log=print):
         from ..models.vq import VQConfig
 
         return vq_pretrain(_model_config(VQConfig, recipe.model), recipe.train, out, log)
-    from ..models.ar import ARConfig
+    from ..models.ar import ARConfig, ShapesARAdapter
 
-    return ar_pretrain(_model_config(ARConfig, recipe.model), recipe.train, recipe.tokenizer, out, log)
+    if not recipe.init:
+        return ar_pretrain(_model_config(ARConfig, recipe.model), recipe.train, recipe.tokenizer, out, log)
+    from ..models.registry import load_model
+
+    init = load_model(recipe.init)
+    if not isinstance(init, ShapesARAdapter):
+        raise ConfigError(f"init model '{recipe.init}' is not a token model; accepted: builtin:shapes-ar or "
+                          f"builtin:shapes-ar?path=DIR")
+    if recipe.model:
+        raise ConfigError(f"init '{recipe.init}' brings its own model config; remove model: {sorted(recipe.model)}")
+    return ar_pretrain(init.config, recipe.train, recipe.tokenizer, out, log, init=init)
 
 
 def _model_config(cls, d: dict):
