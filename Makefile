@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(BIN)/visalign train geneval-s-nft --out runs/demo
+	$(BIN)/visalign train geneval-s-ar-grpo --out runs/demo
 
 # The `ocr` reward runs the tesseract binary (Debian package tesseract-ocr): installed when missing and apt-get
 # can run (root, or sudo without a password); otherwise a one-line note, and the OCR tests skip saying why.

@@ -21,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from visalign.config import PretrainConfig, load_train_recipe
+from default_recipe import same_time_sft  # benchmarks/, the script's folder, is on sys.path
+
+from visalign.config import load_recipe_dict, load_train_recipe
 from visalign.evaluate import evaluate
 from visalign.models.registry import PolicyGenerator, load_model
-from visalign.trainer.pretrain import pretrain
 from visalign.trainer.trainer import Trainer
 
 # (label, recipe, overrides); the GRPO rows keep the textbook hyperparameters unless the row changes them.
@@ -41,7 +42,7 @@ ROWS = [
      ["sampling.guidance_scale=3.0", "train.curriculum=variance"]),
     ("DiffusionNFT, CFG-3 rollouts, dense partial-credit reward", "geneval-s-nft",
      ["sampling.guidance_scale=3.0", "reward_options.dense=true"]),
-    ("DiffusionNFT, CFG-free rollouts, full fine-tune (default)", "geneval-s-nft", []),
+    ("DiffusionNFT, CFG-free rollouts, full fine-tune (default)", "geneval-s-nft", []),  # the flow family's
 ]
 
 
@@ -61,18 +62,12 @@ def run_row(label, recipe_name, overrides, rollouts, out):
 
 
 def sft_row(minutes, lr, out):
-    cfg = PretrainConfig(steps=10**6, batch_size=64, lr=lr, warmup_steps=0, lr_schedule="constant",
-                         timestep_sampling="uniform", seed=1, max_minutes=minutes, log_every=10**6,
-                         checkpoint_every=10**6)
-    base = load_model("builtin:shapes-flow")
-    start = time.time()
-    pretrain(base.module.config, cfg, out, log=lambda *a, **k: None, init=base.module)
-    wall = time.time() - start
+    """shapes-flow-sft (lr = the NFT default's) for the default row's training minutes, evaluated as the rows."""
     before = evaluate(PolicyGenerator(load_model("builtin:shapes-flow")), 50, 0)
-    after = evaluate(PolicyGenerator(load_model(f"builtin:shapes-flow?path={out}")), 50, 0)
+    after = same_time_sft("shapes-flow-sft", "builtin:shapes-flow", minutes, 50, 0, out)
     return {"label": f"supervised fine-tuning on renders, lr {lr:g} (same wall time)", "rollouts": 0,
             "signal_share": float("nan"), "run_share": float("nan"), "before": before["overall"],
-            "after": after["overall"], "wall_s": wall, "categories": after["categories"]}
+            "after": after["overall"], "wall_s": after["train_s"], "categories": after["categories"]}
 
 
 def main(argv=None) -> int:
@@ -89,7 +84,7 @@ def main(argv=None) -> int:
         print(json.dumps(results[-1]), flush=True)
     default = next((r for r in results if "(default)" in r["label"]), None)
     if default is not None:
-        lr = load_train_recipe("geneval-s-nft")[0].train.lr
+        lr = load_recipe_dict("shapes-flow-sft")["train"]["lr"]
         results.append(sft_row(default["wall_s"] / 60, lr, out / "sft"))
         print(json.dumps(results[-1]), flush=True)
     print(f"\n{'option':<62} {'rollouts':>8} {'signal':>7} {'run':>5} "
