@@ -1,13 +1,14 @@
-"""OCR RL on the bundled text model (issue 8's must-show: `text-ocr-grpo` raises the OCR reward on held-out
+"""OCR RL on the bundled text models (issue 8's must-show: `text-ocr-grpo` raises the OCR reward on held-out
 words by >= 0.3 absolute within 20 minutes on 2 cores). For each recipe: one training run under a training
 wall budget (`train.budget_minutes`, evaluation excluded), then a table of the held-out OCR reward (mean over
-the 63 held-out words, each twice, deterministic sampler, 20 steps, CFG 3) at every evaluation, and
-base -> best and base -> final with the NFE and wall minutes where they were reached.
+the 63 held-out words, each twice, the model's own sampler: 20 deterministic steps with CFG 3 for text-flow,
+seeded token sampling without CFG for text-ar) at every evaluation, and base -> best and base -> final with
+the NFE and wall minutes where they were reached.
 
-    python benchmarks/ocr_rl.py [--recipes text-ocr-grpo text-ocr-nft] [--minutes 20] [--out runs/ocr-rl]
-                                [key=value ...]   (overrides for every recipe)
+    python benchmarks/ocr_rl.py [--recipes text-ocr-grpo text-flow-ocr-grpo text-ocr-nft] [--minutes 20]
+                                [--out runs/ocr-rl] [--doc docs/ocr-rl-ar.md] [key=value ...]   (overrides: every recipe)
 
-Written to docs/ocr-rl.md (the command, the thread count, the table). Threads: VISALIGN_THREADS (default 1).
+Written to --doc (the command, the thread count, the table). Threads: VISALIGN_THREADS (default 1).
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="+", default=["text-ocr-grpo", "text-ocr-nft"])
+    ap.add_argument("--recipes", nargs="+", default=["text-ocr-grpo", "text-flow-ocr-grpo", "text-ocr-nft"])
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--out", default="runs/ocr-rl")
-    ap.add_argument("--doc", default="docs/ocr-rl.md")
+    ap.add_argument("--doc", default=None, help="markdown table to write (default: OUT/table.md)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("VISALIGN_THREADS", "1")))
@@ -65,14 +66,17 @@ def main(argv=None) -> int:
         print(table(results[-1:]), flush=True)
     text = table(results)
     cmd = f"python benchmarks/ocr_rl.py --recipes {' '.join(args.recipes)} --minutes {args.minutes:g} " + " ".join(args.overrides)
-    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
+    doc = Path(args.doc or Path(args.out) / "table.md")
+    doc.parent.mkdir(parents=True, exist_ok=True)
     models = ", ".join(dict.fromkeys(load_train_recipe(n)[0].model for n in args.recipes))
-    Path(args.doc).write_text(f"# OCR RL on {models}\n\n`{cmd.strip()}`  (torch threads: "
-                              f"{torch.get_num_threads()})\n\nHeld-out OCR reward = mean `ocr` reward on the 63 "
-                              f"held-out words (each twice, the model's own sampler: 20 deterministic steps with CFG 3 for text-flow, CFG-3 token sampling for text-ar). Budget: training wall "
-                              f"minutes (evaluation excluded).\n\n{text}\n")
+    tmp = doc.with_suffix(".tmp")
+    tmp.write_text(f"# OCR RL on {models}\n\n`{cmd.strip()}`  (torch threads: {torch.get_num_threads()})\n\n"
+                   f"Held-out OCR reward = mean `ocr` reward on the 63 held-out words (each twice, the model's own "
+                   f"sampler: 20 deterministic steps with CFG 3 for text-flow, seeded token sampling without CFG for "
+                   f"text-ar). Budget: training wall minutes (evaluation excluded).\n\n{text}\n")
+    tmp.replace(doc)  # never a half-written table
     print(text)
-    print(f"wrote {args.doc}")
+    print(f"wrote {doc}")
     return 0
 
 

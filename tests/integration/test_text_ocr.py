@@ -1,6 +1,7 @@
 """The text task end to end through the CLI at tiny size: `pretrain text-flow-pretrain` makes a 32x64 text
-model, `sample` checks prompts with its grammar, and `train text-ocr-grpo` / `text-ocr-nft` run on it with the
-real tesseract, evaluated on held-out words by the OCR reward."""
+model, `sample` checks prompts with its grammar, and `train text-flow-ocr-grpo` / `text-ocr-nft` run on it with
+the real tesseract, evaluated on held-out words by the OCR reward; the same for the token model (text-vq +
+text-ar pretraining, `train text-ocr-grpo`)."""
 
 import json
 import shutil
@@ -31,7 +32,7 @@ def test_sample_uses_the_text_grammar(tiny_text_model, tmp_path, capsys):
 
 @pytest.mark.skipif(shutil.which("tesseract") is None, reason="the tesseract binary is absent (Debian package "
                     "tesseract-ocr; `make test` and .ci/run install it)")
-@pytest.mark.parametrize("recipe", ["text-ocr-grpo", "text-ocr-nft"])
+@pytest.mark.parametrize("recipe", ["text-flow-ocr-grpo", "text-ocr-nft"])
 def test_ocr_recipes_run_on_held_out_words(tiny_text_model, tmp_path, recipe):
     out = tmp_path / "run"
     code = main(["train", recipe, f"model=builtin:text-flow?path={tiny_text_model}", "train.iterations=1",
@@ -68,7 +69,7 @@ def test_ar_ocr_recipe_runs_on_held_out_words(tiny_text_token_model, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "does not take options ['plan']" in err and "\n" not in err
     out = tmp_path / "run"
-    assert main(["train", "text-ar-ocr-grpo", f"model=builtin:text-ar?path={tiny_text_token_model}",
+    assert main(["train", "text-ocr-grpo", f"model=builtin:text-ar?path={tiny_text_token_model}",
                  "train.iterations=1", "train.batch_size=4", "train.group_size=2", "train.minibatches=1",
                  "train.eval_per_category=2", "train.eval_every=1", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
