@@ -23,13 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .persist import Pretrained
+from .text import TASKS
 
 
 @dataclass(frozen=True)
 class VQConfig:
     resolution: int = 32  # image height (and width unless `width` is set)
     width: int = 0  # image width; 0 = square
-    task: str = "shapes"  # the world task whose renders it is trained on (world/): shapes | text
+    task: str = "shapes"  # the world task whose renders it is trained on (models/text.py TASKS)
     channels: tuple[int, ...] = (32, 64)  # widths at full and half resolution; the token grid is reached with channels[-1]
     codebook_size: int = 512
     code_dim: int = 16  # low-dimensional codes are used more evenly (Yu et al., 2021, ViT-VQGAN)
@@ -42,8 +43,8 @@ class VQConfig:
         if self.resolution % 4 != 0 or self.width % 4 != 0:
             raise ValueError(f"resolution {self.resolution} and width {self.width} must be divisible by 4 (two "
                              f"halvings to the token grid)")
-        if self.task not in ("shapes", "text"):
-            raise ValueError(f"task '{self.task}' is not one of shapes, text")
+        if self.task not in TASKS:
+            raise ValueError(f"task '{self.task}' is not one of {', '.join(TASKS)}")
         if self.codebook_size < 2 or self.code_dim < 1:
             raise ValueError(f"codebook_size must be >= 2 and code_dim >= 1, got {self.codebook_size}, {self.code_dim}")
 
