@@ -32,8 +32,10 @@ def same_time_sft(sft: str, model: str, minutes: float, per_category: int, seed:
     """The SFT recipe `sft` (init: `model`, its own learning rate) for `minutes` of training wall time ->
     held-out GenEval-S of the result (per_category, seed: as the RL run evaluates), with its train_s."""
     start = time.time()
-    assert cli(["pretrain", sft, "train.steps=1000000", f"train.max_minutes={minutes:.3f}",
-                "train.checkpoint_every=1000000", "--out", str(out)]) == 0
+    code = cli(["pretrain", sft, "train.steps=1000000", f"train.max_minutes={minutes:.3f}",
+                "train.checkpoint_every=1000000", "--out", str(out)])
+    if code != 0:
+        raise RuntimeError(f"visalign pretrain {sft} failed (exit code {code}); see its error line above")
     train_s = time.time() - start
     return {**evaluate(PolicyGenerator(load_model(f"{model}?path={out}")), per_category, seed), "train_s": train_s}
 

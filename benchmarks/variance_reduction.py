@@ -42,7 +42,8 @@ ROWS = [
      ["sampling.guidance_scale=3.0", "train.curriculum=variance"]),
     ("DiffusionNFT, CFG-3 rollouts, dense partial-credit reward", "geneval-s-nft",
      ["sampling.guidance_scale=3.0", "reward_options.dense=true"]),
-    ("DiffusionNFT, CFG-free rollouts, full fine-tune (default)", "geneval-s-nft", []),  # the flow family's
+    # "(default)": geneval-s-nft, the flow family's default recipe; main() adds its same-time SFT row
+    ("DiffusionNFT, CFG-free rollouts, full fine-tune (default)", "geneval-s-nft", []),
 ]
 
 

@@ -65,3 +65,17 @@ def test_merged_export_of_an_ar_run_loads_and_samples_as_trained(tiny_ar, tmp_pa
     tokens = make_policy(merged).sample(prompts, seeds).states
     assert tokens.shape == (2, merged.gen_length)
     assert main(["eval", "--model", str(out), "--per-category", "1", "--out", str(tmp_path / "eval.json")]) == 0
+
+
+def test_sft_goes_on_from_a_token_model_and_refuses_other_inits(tiny_ar, tmp_path, capsys):
+    """`init:` continues a token model's GPT on its own tokenizer (the output folder carries both); a model that is
+    not a token model, or a model config beside init, is refused in one line."""
+    out = tmp_path / "sft"
+    assert main(["pretrain", "shapes-ar-sft", f"init={tiny_ar}", "train.steps=1", "train.batch_size=4",
+                 "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer" / "model.safetensors").is_file()
+    assert main(["pretrain", "shapes-ar-sft", "init=builtin:shapes-flow", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a token model; accepted: builtin:shapes-ar, builtin:text-ar" in err and "\n" not in err
+    assert main(["pretrain", "shapes-ar-sft", f"init={tiny_ar}", "model.dim=64", "--out", str(tmp_path / "y")]) == 2
+    assert "brings its own model config" in capsys.readouterr().err

@@ -179,7 +179,8 @@ class ShapesARAdapter:
             raise ValueError(f"the GPT models {gh}x{gw} tokens of a {c.codebook_size}-code VQ, the tokenizer "
                              f"gives {vh}x{vw} of {vq.config.codebook_size}")
         if vq.config.task != c.task:
-            raise ValueError(f"the GPT draws the {c.task} task, its tokenizer was trained on {vq.config.task} renders")
+            raise ValueError(f"the GPT draws the {c.task} task, its tokenizer was trained on {vq.config.task} renders; "
+                             f"give a tokenizer of the {c.task} task (builtin:shapes-vq for shapes, builtin:text-vq for text)")
         self.model, self.vq = gpt, vq.requires_grad_(False).eval()
         self.config = c
         self.prompt_length, self.plan_length = c.max_prompt_words, c.plan_length

@@ -235,7 +235,7 @@ def ar_pretrain(model_cfg, cfg: TokenPretrainConfig, tokenizer: str, out: str | 
 
     gpt.to(cfg.device)
     res, task = vq.config.resolution, gpt.config.task
-    if task == "shapes":
+    if gpt.config.plan_length:  # the shapes world: each render with the plan read off its scene
         stream = lambda seed: PlanSceneStream(seed, res)  # noqa: E731
     else:
         stream = lambda seed: PlanlessStream(STREAMS[task](seed, res))  # noqa: E731
@@ -263,8 +263,8 @@ def run_recipe(data: dict, out: str | Path, log=print):
 
     init = load_model(recipe.init)
     if not isinstance(init, ShapesARAdapter):
-        raise ConfigError(f"init model '{recipe.init}' is not a token model; accepted: builtin:shapes-ar or "
-                          f"builtin:shapes-ar?path=DIR")
+        raise ConfigError(f"init model '{recipe.init}' is not a token model; accepted: builtin:shapes-ar, "
+                          f"builtin:text-ar, or either with ?path=DIR")
     if recipe.model:
         raise ConfigError(f"init '{recipe.init}' brings its own model config; remove model: {sorted(recipe.model)}")
     return ar_pretrain(init.config, recipe.train, recipe.tokenizer, out, log, init=init)
