@@ -6,8 +6,18 @@
          only the advantage estimator differs (group-relative vs per-prompt running statistics).
   split  train on three GenEval-S categories, evaluate all six: DPO (offline and online) vs GRPO on held-in
          vs held-out categories (the "DPO vs GRPO" question, arXiv 2505.17017, at our scale).
+  each-ar, each-flow
+         does each algorithm raise held-out GenEval-S on a bundled model within its budget (--minutes of
+         training each)? The log-prob and likelihood algorithms (grpo, ddpo, dpok, online_dpo, rwr) on the token
+         model builtin:shapes-ar, the denoising-only ones (nft, diffusion_dpo, refl, draft, alignprop) on the
+         flow model builtin:shapes-flow, each from its recipe for that model.
 
     python benchmarks/algorithms.py [main|pg|split|all] [--nfe 60000] [--out runs/algorithms]
+    python benchmarks/algorithms.py each-ar|each-flow [--minutes 15] [--only ALGO] [--out runs/algorithms]
+
+A finished run is kept and read back (compare skips it), so the runs of `each-*` can be spread over
+processes, one core each: `VISALIGN_THREADS=1 python benchmarks/algorithms.py each-ar --only ddpo &` (and
+another algorithm beside it), then the command without --only writes the table from the finished runs.
 
 The budget is network evaluations (NFE) per algorithm, counted in rollouts and updates (reference and old
 models included). One NFE costs very different time across families (a no-grad rollout forward, a forward +
@@ -18,6 +28,7 @@ samples, and gain per 1k samples / per 100k NFE. Run with both cores free (VISAL
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +39,8 @@ MAIN = ["grpo", "ddpo", "nft", "nft:kl_beta=0.1", "diffusion_dpo", "online_dpo",
 SPLIT = ["grpo", "online_dpo", "diffusion_dpo"]
 HELD_IN = "single_object,counting,colors"
 SAME = ["train.finetune=full", "train.lr=3e-5", "train.batch_size=128", "train.minibatches=2"]
+EACH = {"each-ar": (["grpo", "ddpo", "dpok", "online_dpo", "rwr"], "builtin:shapes-ar"),
+        "each-flow": (["nft", "diffusion_dpo", "refl", "draft", "alignprop"], "builtin:shapes-flow")}
 
 
 def run(which: str, nfe: int, out: Path) -> None:
@@ -46,11 +59,39 @@ def run(which: str, nfe: int, out: Path) -> None:
         print(f"wrote {doc}")
 
 
+def run_each(which: str, minutes: float, only: str | None, out: Path) -> None:
+    algos, model = EACH[which]
+    if only is not None and only not in algos:
+        sys.exit(f"--only {only}: {which} runs {', '.join(algos)}")
+    start = time.time()
+    res = compare([only] if only else algos, budget_minutes=minutes, model=model, out=out / which, evals=3)
+    if only:  # one run of the table: its numbers are in out/which/<algo>/metrics.jsonl
+        print(res["table"])
+        return
+    cmd = (f"python benchmarks/algorithms.py {which} --minutes {minutes:g}   # = visalign compare {' '.join(algos)} "
+           f"--model {model} --budget-minutes {minutes:g} --evals 3")
+    note = (f"each algorithm from its recipe for {model}; the runs were made one per core "
+            f"(VISALIGN_THREADS=1, two at a time, --only ALGO) and collected by the command")
+    doc = write_doc(Path("docs") / f"algorithms-{which}.md", f"Each algorithm on {model}", cmd, res,
+                    (time.time() - start) / 60, note)
+    print(res["table"])
+    print(f"wrote {doc}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("which", nargs="?", default="all", choices=["main", "pg", "split", "all"])
+    p.add_argument("which", nargs="?", default="all", choices=["main", "pg", "split", "all", *EACH])
     p.add_argument("--nfe", type=int, default=60000)
+    p.add_argument("--minutes", type=float, default=15.0, help="each-*: training wall minutes per algorithm")
+    p.add_argument("--only", help="each-*: run this one algorithm of the table")
     p.add_argument("--out", default="runs/algorithms")
     a = p.parse_args()
-    run(a.which, a.nfe, Path(a.out))
+    if "VISALIGN_THREADS" in os.environ:  # default: torch's own (every core)
+        import torch
+
+        torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
+    if a.which in EACH:
+        run_each(a.which, a.minutes, a.only, Path(a.out))
+    else:
+        run(a.which, a.nfe, Path(a.out))
     sys.exit(0)

@@ -34,7 +34,7 @@ CASES = {
 }
 
 
-def _recipe(algorithm, model, reward, kind, extra, tmp_path, data=None):
+def _recipe(algorithm, model, reward, kind, extra, tmp_path, data=None, small=SMALL):
     d = {"name": "test", "model": model, "reward": reward, "algorithm": algorithm, "sampling": {"kind": kind}}
     if reward == "geneval_s_learned":  # a random reward network: the gradient path, not the reward's quality
         torch.manual_seed(0)
@@ -42,7 +42,7 @@ def _recipe(algorithm, model, reward, kind, extra, tmp_path, data=None):
         d["reward_options"] = {"path": str(tmp_path / "reward-net")}
     if data:
         d["data"] = str(data)
-    d = C.apply_overrides(d, SMALL + extra)
+    d = C.apply_overrides(d, small + extra)
     recipe = C.build(C.TrainRecipe, d)
     return recipe, dataclasses.asdict(recipe)
 
@@ -65,6 +65,21 @@ def test_one_update_changes_every_trainable_tensor(algorithm, tmp_path, pairs):
     recipe, resolved = _recipe(algorithm, model, reward, kind, extra, tmp_path,
                                data=pairs if algorithm == "diffusion_dpo" else None)
     trainer = Trainer(recipe, resolved, tmp_path / "run", progress=False, log=lambda *a: None)
+    before = {n: p.detach().clone() for n, p in trainer.module.named_parameters() if p.requires_grad}
+    rec = trainer.train()[-1]
+    assert rec["loss"] is not None and torch.isfinite(torch.tensor(rec["loss"]))
+    after = dict(trainer.module.named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    assert not unchanged, f"{algorithm} left {len(unchanged)} of {len(before)} tensors unchanged: {unchanged[:5]}"
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ddpo", "dpok", "online_dpo", "rwr"])
+def test_log_prob_algorithms_change_every_tensor_of_the_token_model(algorithm, tmp_path):
+    """The same algorithms on the bundled token model (builtin:shapes-ar): rwr takes its exact log-probs."""
+    small = [o for o in SMALL if "steps=" not in o]  # a token model writes a fixed number of tokens
+    recipe, resolved = _recipe(algorithm, "builtin:shapes-ar", "compressibility", "sample", [], tmp_path, small=small)
+    trainer = Trainer(recipe, resolved, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert trainer.algorithm.likelihood if algorithm == "rwr" else True
     before = {n: p.detach().clone() for n, p in trainer.module.named_parameters() if p.requires_grad}
     rec = trainer.train()[-1]
     assert rec["loss"] is not None and torch.isfinite(torch.tensor(rec["loss"]))

@@ -209,16 +209,28 @@ def test_online_dpo_on_sequence_log_probs_by_hand():
     assert per_step.step_loss(Table(lp), traj, torch.tensor([1.0, 0.0]), [0, 1], None)[0].item() == pytest.approx(
         math.log1p(math.exp(-0.4)), rel=1e-6)
 
+    # RWR on exact log-probs (weighted maximum likelihood): per-token NLL [-0.15, 0.05] weighted [1.6, 0.4]
+    rwr = load_algorithm("rwr")
+    rwr.likelihood = True  # what check() decides for a policy without a denoising network
+    w = torch.tensor([1.6, 0.4])
+    loss, m = rwr.step_loss(Table(lp), traj, w, [0, 1], None)
+    assert loss.item() == pytest.approx((1.6 * -0.15 + 0.4 * 0.05) / 2, rel=1e-6)
+    assert m["rwr_err"] == pytest.approx(-0.05, rel=1e-6)
+    loss.backward()
+    assert (lp.grad[0] < 0).all() and lp.grad[0, 0] == pytest.approx(-1.6 / 4)  # raise the heavier sample most
+    # the diagnostic's part: weights minus the reward-free 1
+    assert rwr.signal_loss(Table(lp), traj, w, [0, 1]).item() == pytest.approx((0.6 * -0.15 - 0.6 * 0.05) / 2, rel=1e-6)
+
 
 def test_denoising_only_algorithms_refuse_the_token_policy_in_one_line(adapter):
     from visalign.algorithms import CapabilityError, load_algorithm
 
     policy = make_policy(adapter)
-    for name in ("nft", "rwr", "diffusion_dpo", "refl", "draft", "alignprop"):
+    for name in ("nft", "diffusion_dpo", "refl", "draft", "alignprop"):
         with pytest.raises(CapabilityError, match=f"{name} needs policy.* AutoregressivePolicy") as e:
             load_algorithm(name).check(policy, None, ARSampling())
         assert "\n" not in str(e.value)
-    for name in ("grpo", "ddpo", "online_dpo"):
+    for name in ("grpo", "ddpo", "dpok", "online_dpo", "rwr"):
         load_algorithm(name).check(policy, None, ARSampling())
     with pytest.raises(CapabilityError, match="deterministic"):
         load_algorithm("grpo").check(policy, None, ARSampling(kind="greedy"))

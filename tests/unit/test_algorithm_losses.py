@@ -124,11 +124,19 @@ class DecodingPolicy:
         return torch.full_like(traj.states[:, -1], 0.25)
 
 
+class AnchoredPolicy(DecodingPolicy, PredictPolicy):
+    """The chain of DecodingPolicy, the forward process and network of PredictPolicy."""
+
+    def __init__(self, values):
+        DecodingPolicy.__init__(self)
+        PredictPolicy.__init__(self, values)
+
+
 @pytest.mark.parametrize("name, options, first", [("draft", {"k": 2}, 8), ("alignprop", {"k": 3}, None),
                                                    ("refl", {"window": 4}, None)])
 def test_reward_gradient_losses_and_steps(name, options, first):
     algo = load_algorithm(name, options)
-    chain = dict.fromkeys(("denoise", "predict_x0", "renoise"))  # the denoising-chain methods it needs
+    chain = dict.fromkeys(("denoise", "predict_x0", "renoise", "noised_sample", "predict"))  # the methods it needs
     algo.check(type("P", (), {"stochastic_mask": lambda self, s: torch.zeros(1, dtype=torch.bool), **chain})(),
                Differentiable(),
                type("S", (), {"kind": "ode"})())
@@ -146,6 +154,17 @@ def test_reward_gradient_losses_and_steps(name, options, first):
     value = 0.5 if name == "refl" else 2.0  # decode(x0) = 2 x0; the stub reward is its mean
     assert loss.item() == pytest.approx(-value) and m["grad_reward"] == pytest.approx(value)
 
+    # the reference anchor: kl_beta x ||v - v_ref||^2 on noised own samples; v = 0.5, v_ref = 0.2 -> 0.09
+    anchored = load_algorithm(name, {**options, "kl_beta": 2.0})
+    anchored.check(type("P", (), {"stochastic_mask": lambda self, s: torch.zeros(1, dtype=torch.bool), **chain})(),
+                   Differentiable(), type("S", (), {"kind": "ode"})())
+    assert anchored.uses_reference and not algo.uses_reference
+    anchored_policy = AnchoredPolicy(torch.full((2,), 0.5, requires_grad=True))
+    loss, m = anchored.step_loss(anchored_policy, traj, torch.zeros(2), [9], PredictPolicy(torch.full((2,), 0.2)))
+    assert m["kl"] == pytest.approx(0.09) and loss.item() == pytest.approx(-value + 2.0 * 0.09)
+    loss.backward()
+    assert (anchored_policy.values.grad > 0).all()  # the anchor pulls v down towards v_ref
+
 
 def test_reward_gradient_refuses_a_reward_without_gradients():
     from visalign.algorithms import CapabilityError
@@ -153,5 +172,5 @@ def test_reward_gradient_refuses_a_reward_without_gradients():
     algo = load_algorithm("draft", {})
     reward = type("R", (), {"name": "geneval_s", "differentiable": False})()
     with pytest.raises(CapabilityError, match="reward 'geneval_s' is not differentiable"):
-        algo.check(type("P", (), dict.fromkeys(("denoise", "predict_x0", "renoise")))(), reward,
+        algo.check(type("P", (), dict.fromkeys(("denoise", "predict_x0", "renoise", "noised_sample", "predict")))(), reward,
                    type("S", (), {"kind": "ode"})())

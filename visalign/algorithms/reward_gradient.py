@@ -15,6 +15,12 @@ alignprop  AlignProp (Prabhudesai et al., 2023, arXiv 2310.03739): randomized tr
 Rollouts come from the recipe's sampler (the deterministic ODE is what the papers use); the update re-runs
 the last k steps of each stored chain with gradients (policy.denoise), reusing the rollout's noise, so
 without a weight change it reproduces the rollout exactly.
+
+kl_beta > 0 adds kl_beta x ||v - v_ref||^2 on forward-process points of the rollout's own samples (the KL of
+the two policies' paths in velocity space, DESIGN 3.6, as nft's and rwr's kl_beta): the reward's gradient
+moves the network only where the learned reward says so, and the anchor keeps the rest of its field, the
+part the learned reward cannot judge, at the reference (ImageReward's ReFL keeps a pretraining loss beside
+the reward loss for the same reason).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 
 from ..config import ConfigError
 from .base import ALGORITHMS, Algorithm, CapabilityError
+from .forward import denoising_error, forward_draws
 
 
 @dataclass(frozen=True)
@@ -34,18 +41,20 @@ class RewardGradientConfig:
     lv_draws: int = 0  # draft: DRaFT-LV's re-noised denoisings of the final sample (0 = plain DRaFT-K)
     grad_checkpoint: bool = True  # recompute each step's activations in the backward pass
     reward_scale: float = 1.0  # loss = -reward_scale * mean reward
+    kl_beta: float = 0.0  # weight of ||v - v_ref||^2 on noised own samples, a KL to the reference (0: none)
 
     def __post_init__(self):
-        if self.k < 0 or self.window < 1 or self.lv_draws < 0 or self.reward_scale <= 0:
-            raise ConfigError(f"algorithm_options: k must be >= 0, window >= 1, lv_draws >= 0, reward_scale > 0; got "
-                              f"{self.k}, {self.window}, {self.lv_draws}, {self.reward_scale}")
+        if self.k < 0 or self.window < 1 or self.lv_draws < 0 or self.reward_scale <= 0 or self.kl_beta < 0:
+            raise ConfigError(f"algorithm_options: k must be >= 0, window >= 1, lv_draws >= 0, reward_scale > 0, "
+                              f"kl_beta >= 0; got {self.k}, {self.window}, {self.lv_draws}, {self.reward_scale}, "
+                              f"{self.kl_beta}")
 
 
 class RewardGradient(Algorithm):
     """The loss: -mean reward of images decoded from x0 that carry the gradient of the last steps."""
 
     config_cls = RewardGradientConfig
-    policy_methods = ("denoise", "predict_x0", "renoise")
+    policy_methods = ("denoise", "predict_x0", "renoise", "noised_sample", "predict")
 
     def check(self, policy, reward, sampling) -> None:
         """Refuses a reward without gradients, and keeps the reward the loss differentiates."""
@@ -78,9 +87,19 @@ class RewardGradient(Algorithm):
         scores = self.reward(policy.adapter.decode(x0), prompts).scores  # [B]
         return -self.config.reward_scale * scores.mean(), scores
 
+    @property
+    def uses_reference(self) -> bool:
+        return self.config.kl_beta > 0
+
     def step_loss(self, policy, traj, advantages, steps, reference, old=None):
         loss, scores = self._loss(policy, traj, steps)
-        return loss, {"grad_reward": float(scores.detach().mean()), "start_step": steps[0]}
+        metrics = {"grad_reward": float(scores.detach().mean()), "start_step": steps[0]}
+        if self.uses_reference:  # one forward-process draw per sample, its id the update's start step
+            x_t, t, _, prompts = forward_draws(policy, traj, steps[0])  # [B, ...]
+            kl = denoising_error(policy.predict(x_t, t, prompts), reference.predict(x_t, t, prompts))  # [B]
+            loss = loss + self.config.kl_beta * kl.mean()
+            metrics["kl"] = float(kl.detach().mean())
+        return loss, metrics
 
     def signal_loss(self, policy, traj, advantages, steps, old=None):
         return self._loss(policy, traj, steps)[0]

@@ -4,6 +4,11 @@ samples, each weighted by exp(A / temperature) (math/losses.py: rwr_weights). It
 reference, its loss is a plain regression (the low-variance end of the family: it cannot diverge the way
 an importance ratio can), and with a small temperature it becomes best-sample self-training.
 Rollouts may use any sampler; advantages are group-normalised rewards (as GRPO) before the weighting.
+
+Two likelihoods, one weighting: a denoising policy (flow, DDIM) regresses its network on the forward process of
+its own samples (the denoising loss stands in for -log p, as in the papers above); a policy whose likelihood is
+exact (the token policy) maximises the weighted log-probability of its own sampled tokens, RWR as first
+written (weighted maximum likelihood), with an optional per-token KL to the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from ..config import ConfigError
 from ..math.advantages import group_advantages
 from ..math.losses import rwr_weights
-from .base import ALGORITHMS, Algorithm
+from .base import ALGORITHMS, Algorithm, CapabilityError
 from .forward import denoising_error, forward_draws
 
 
@@ -38,9 +43,17 @@ class RWRConfig:
 
 @ALGORITHMS.register("rwr", "reward-weighted regression: denoising loss on own samples weighted by exp(A / temperature)")
 class RWR(Algorithm):
-    policy_methods = ("noised_sample", "predict")
     name = "rwr"
     config_cls = RWRConfig
+    denoising_methods = ("noised_sample", "predict")
+    likelihood = False  # set by check(): the policy's exact log-probs instead of the denoising loss
+
+    def check(self, policy, reward, sampling) -> None:
+        self.likelihood = not all(hasattr(policy, m) for m in self.denoising_methods)
+        if self.likelihood and not (hasattr(policy, "log_prob") and hasattr(policy, "step_kl")):
+            raise CapabilityError(f"rwr needs either a denoising network (policy.noised_sample, policy.predict) or "
+                                  f"exact log-probs (policy.log_prob); the {type(policy).__name__} has neither")
+        super().check(policy, reward, sampling)
 
     def advantages(self, rewards, prompts, group_size):
         """-> the per-sample weights [B] over the whole (gathered) batch."""
@@ -49,17 +62,26 @@ class RWR(Algorithm):
         return rwr_weights(adv, c.temperature, c.max_weight)
 
     def train_steps(self, traj, gen):
+        """Denoising: one seed per (t, eps) draw. Likelihood: every sampled token."""
+        if self.likelihood:
+            return super().train_steps(traj, gen)
         return [int(torch.randint(2**31 - 1, (1,), generator=gen)) for _ in range(self.config.draws)]
 
     def diagnostic_windows(self, traj):
-        return [[0, 1]]
+        return super().diagnostic_windows(traj) if self.likelihood else [[0, 1]]
 
     @property
     def uses_reference(self) -> bool:
         return self.config.kl_beta > 0
 
-    def _weighted(self, policy, traj, weights, draws, centre: bool, reference=None):
-        x_t, t, target, prompts = forward_draws(policy, traj, draws)  # [K*B, ...]
+    def _weighted(self, policy, traj, weights, steps, centre: bool, reference=None):
+        """-> (weighted per-row loss, per-row -log-likelihood stand-in, per-row KL or None)."""
+        if self.likelihood:
+            lp = policy.log_prob(traj, steps)  # log_prob [B, K] of the sampled tokens
+            nll = -lp.log_prob.view(len(traj), -1).mean(1)  # [B], per token
+            kl = policy.step_kl(lp, reference(traj, steps)) if reference is not None else None  # [B]
+            return ((weights - 1.0) if centre else weights).to(nll) * nll, nll, kl
+        x_t, t, target, prompts = forward_draws(policy, traj, steps)  # [K*B, ...]: steps are draw seeds here
         pred = policy.predict(x_t, t, prompts)
         err = denoising_error(pred, target)  # [K*B]
         w = weights.to(err).repeat(err.numel() // len(traj))  # [K*B]
