@@ -7,13 +7,14 @@
   split  train on three GenEval-S categories, evaluate all six: DPO (offline and online) vs GRPO on held-in
          vs held-out categories (the "DPO vs GRPO" question, arXiv 2505.17017, at our scale).
   each-ar, each-flow
-         does each algorithm raise held-out GenEval-S on a bundled model within its budget (--minutes of
-         training each)? The log-prob and likelihood algorithms (grpo, ddpo, dpok, online_dpo, rwr) on the token
-         model builtin:shapes-ar, the denoising-only ones (nft, diffusion_dpo, refl, draft, alignprop) on the
-         flow model builtin:shapes-flow, each from its recipe for that model.
+         does each algorithm raise held-out GenEval-S on a bundled model within its budget? The log-prob and
+         likelihood algorithms (grpo, ddpo, dpok, online_dpo, rwr) on the token model builtin:shapes-ar for
+         --minutes of training each; the denoising-only ones (nft, diffusion_dpo, refl, draft, alignprop) on the
+         flow model builtin:shapes-flow for their recipes' own iterations (--budget-recipe). Each from its
+         recipe for that model.
 
     python benchmarks/algorithms.py [main|pg|split|all] [--nfe 60000] [--out runs/algorithms]
-    python benchmarks/algorithms.py each-ar|each-flow [--minutes 15] [--only ALGO] [--out runs/algorithms]
+    python benchmarks/algorithms.py each-ar [--minutes 15] | each-flow  [--only ALGO] [--out runs/algorithms]
 
 A finished run is kept and read back (compare skips it), so the runs of `each-*` can be spread over
 processes, one core each: `VISALIGN_THREADS=1 python benchmarks/algorithms.py each-ar --only ddpo &` (and
@@ -64,12 +65,15 @@ def run_each(which: str, minutes: float, only: str | None, out: Path) -> None:
     if only is not None and only not in algos:
         sys.exit(f"--only {only}: {which} runs {', '.join(algos)}")
     start = time.time()
-    res = compare([only] if only else algos, budget_minutes=minutes, model=model, out=out / which, evals=3)
+    by_recipe = which == "each-flow"  # short recipes that overshoot when run longer (measured: README)
+    res = compare([only] if only else algos, budget_minutes=0 if by_recipe else minutes, model=model,
+                  out=out / which, evals=3, recipe_budget=by_recipe)
     if only:  # one run of the table: its numbers are in out/which/<algo>/metrics.jsonl
         print(res["table"])
         return
-    cmd = (f"python benchmarks/algorithms.py {which} --minutes {minutes:g}   # = visalign compare {' '.join(algos)} "
-           f"--model {model} --budget-minutes {minutes:g} --evals 3")
+    budget = "--budget-recipe" if by_recipe else f"--budget-minutes {minutes:g} --evals 3"
+    cmd = (f"python benchmarks/algorithms.py {which}{'' if by_recipe else f' --minutes {minutes:g}'}   # = visalign "
+           f"compare {' '.join(algos)} --model {model} {budget}")
     note = (f"each algorithm from its recipe for {model}; the runs were made one per core "
             f"(VISALIGN_THREADS=1, two at a time, --only ALGO) and collected by the command")
     doc = write_doc(Path("docs") / f"algorithms-{which}.md", f"Each algorithm on {model}", cmd, res,

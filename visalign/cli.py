@@ -199,7 +199,7 @@ def cmd_compare(args) -> None:
 
     res = compare(args.algorithms, budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, model=args.model,
                   prompts=args.prompts, out=args.out, evals=args.evals, per_category=args.per_category,
-                  seed=args.seed, overrides=args.set)
+                  seed=args.seed, overrides=args.set, recipe_budget=args.budget_recipe)
     print(res["header"])
     print(res["table"])
     print(f"wrote {Path(args.out) / 'compare.md'} and {Path(args.out) / 'compare.html'}")
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("algorithms", nargs="+", help="e.g. grpo ddpo nft diffusion_dpo online_dpo refl grpo:kl_beta=0.04")
     c.add_argument("--budget-nfe", type=int, default=0, help="network evaluations of training per algorithm")
     c.add_argument("--budget-minutes", type=float, default=0.0, help="or: training wall minutes per algorithm")
+    c.add_argument("--budget-recipe", action="store_true",
+                   help="or: each recipe's own iterations and evaluation points (--evals is then unused)")
     c.add_argument("--model", default="builtin:shapes-flow")
     c.add_argument("--prompts", default="geneval-s", help="geneval-s, or geneval-s:CAT,CAT,CAT to hold categories out")
     c.add_argument("--evals", type=int, default=4, help="held-out evaluations along each run")

@@ -4,7 +4,8 @@ verifier) vs NFE and vs wall time, per category, and the per-prompt diversity of
 hacks its reward collapses each prompt onto one picture).
 
 Each algorithm starts from its own recipe (visalign/recipes/geneval-s-<algo>.yaml: its sampler, learning
-rate, batch), with the model, prompt set, seed and budget replaced by the comparison's. A spec may carry
+rate, batch), with the model, prompt set, seed and budget replaced by the comparison's (or, with
+--budget-recipe, each keeping its recipe's own iterations and evaluation points). A spec may carry
 algorithm options: `grpo:kl_beta=0.04`. Reward-gradient methods (refl, draft, alignprop) train on the learned
 differentiable reward (geneval_s_learned), all others on the exact verifier; all are judged by the verifier.
 diffusion_dpo trains offline on pairs that the comparison first samples from the same model (`make-pairs`);
@@ -102,7 +103,8 @@ def make_comparison_pairs(model: str, prompts: str, out: Path, seed: int, n_prom
 
 
 def run_recipe(spec: str, model: str, prompts: str, budget_nfe: int, budget_minutes: float, evals: int,
-               per_category: int, seed: int, overrides: list[str], out: Path, data: str | None, log=print) -> dict:
+               per_category: int, seed: int, overrides: list[str], out: Path, data: str | None, log=print,
+               recipe_budget: bool = False) -> dict:
     from .algorithms import ALGORITHMS
     from .models.registry import load_model
     from .trainer.trainer import Trainer
@@ -117,13 +119,14 @@ def run_recipe(spec: str, model: str, prompts: str, budget_nfe: int, budget_minu
     if data:
         d["data"] = data
     t = d.setdefault("train", {})
-    t.update(iterations=1_000_000, eval_every=1_000_000, checkpoint_every=1_000_000, budget_nfe=budget_nfe,
-             budget_minutes=budget_minutes, eval_per_category=per_category, seed=seed)
-    t["eval_every_nfe"] = budget_nfe // evals if budget_nfe else 0
+    t.update(checkpoint_every=1_000_000, budget_nfe=budget_nfe, budget_minutes=budget_minutes,
+             eval_per_category=per_category, seed=seed)
+    if not recipe_budget:  # the comparison's budget ends the run; evaluations at fractions of it
+        t.update(iterations=1_000_000, eval_every=1_000_000, eval_every_nfe=budget_nfe // evals if budget_nfe else 0)
     d = apply_overrides(d, overrides)
     recipe = build(TrainRecipe, d)
     run = out / label.replace(":", "_").replace(",", "_").replace("=", "-")
-    if (run / "metrics.jsonl").exists() and any(r.get("budget_spent") for r in read_metrics(run)):
+    if (run / "metrics.jsonl").exists() and finished(read_metrics(run), recipe):
         log(f"{label}: already done in {run}")
     else:
         if run.exists():
@@ -133,6 +136,13 @@ def run_recipe(spec: str, model: str, prompts: str, budget_nfe: int, budget_minu
         log(f"{label}: training ({recipe_name}, {recipe.sampling.get('kind', 'default')} sampler)")
         Trainer(recipe, dataclasses.asdict(recipe), run, progress=False, log=log).train()
     return summarize_run(label, run)
+
+
+def finished(rows: list[dict], recipe) -> bool:
+    """A run that spent its budget, or ran its recipe's last iteration (and evaluated it)."""
+    last = rows[-1] if rows else {}
+    return any(r.get("budget_spent") for r in rows) or (
+        last.get("iteration") == recipe.train.iterations and "eval_overall" in last)
 
 
 def summarize_run(label: str, run: Path) -> dict:
@@ -200,9 +210,12 @@ def write_page(results: list[dict], table: str, header: str, path: Path) -> None
 
 def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, model: str = "builtin:shapes-flow",
             prompts: str = "geneval-s", out: str | Path = "runs/compare", evals: int = 4, per_category: int = 50,
-            seed: int = 0, overrides: list[str] | None = None, log=print) -> dict:
-    if not budget_nfe and not budget_minutes:
-        raise ConfigError("give a budget: --budget-nfe N (network evaluations) or --budget-minutes M per algorithm")
+            seed: int = 0, overrides: list[str] | None = None, log=print, recipe_budget: bool = False) -> dict:
+    if not budget_nfe and not budget_minutes and not recipe_budget:
+        raise ConfigError("give a budget: --budget-nfe N (network evaluations), --budget-minutes M per algorithm, "
+                          "or --budget-recipe (each recipe's own iterations)")
+    if recipe_budget and (budget_nfe or budget_minutes):
+        raise ConfigError("--budget-recipe keeps each recipe's iterations; give it without --budget-nfe/--budget-minutes")
     if budget_nfe < 0 or budget_minutes < 0 or evals < 1:
         raise ConfigError(f"budgets must be > 0 and --evals >= 1, got {budget_nfe}, {budget_minutes}, {evals}")
     labels = [parse_spec(s)[2] for s in specs]
@@ -217,13 +230,14 @@ def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, 
     for spec in specs:
         data = pairs["path"] if pairs and parse_spec(spec)[0] == "diffusion_dpo" else None
         res = run_recipe(spec, model, prompts, budget_nfe, budget_minutes, evals, per_category, seed,
-                         overrides or [], out, data, log=log)
+                         overrides or [], out, data, log=log, recipe_budget=recipe_budget)
         if data:
             res["data_nfe"], res["data_wall_s"] = pairs["nfe"], pairs["wall_s"]
         results.append(res)
     split = held_split(prompts)
     table = format_table(results, split)
-    budget = f"{budget_nfe:,} NFE" if budget_nfe else f"{budget_minutes:g} wall minutes"
+    budget = (f"{budget_nfe:,} NFE" if budget_nfe else f"{budget_minutes:g} wall minutes" if budget_minutes
+              else "its recipe's iterations")
     header = (f"model {model}, prompts {prompts}, budget {budget} per algorithm, seed {seed}; held-out GenEval-S "
               f"({per_category} per category) by the exact verifier"
               + (f"; diffusion_dpo's pairs cost another {pairs['nfe']:,} NFE ({pairs['wall_s'] / 60:.1f} min)"

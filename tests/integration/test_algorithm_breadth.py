@@ -161,3 +161,22 @@ def test_compare_runs_each_algorithm_on_one_budget(tmp_path, capsys):
     assert "cannot compare 'bogus'; accepted: grpo," in capsys.readouterr().err
     assert main(["compare", "nft", "--out", str(out)]) == 2
     assert "give a budget" in capsys.readouterr().err
+
+
+def test_compare_on_each_recipes_own_budget(tmp_path, capsys):
+    """--budget-recipe: each algorithm runs its recipe's iterations and evaluation points; a finished run is
+    read back, not trained again; a second budget beside it is refused in one line."""
+    out = tmp_path / "cmp"
+    args = ["compare", "nft", "--budget-recipe", "--per-category", "1", "--set", "train.iterations=2",
+            "--set", "train.eval_every=1", "--set", "train.batch_size=8", "--set", "train.group_size=4",
+            "--set", "sampling.steps=3", "--set", "train.minibatches=1", "--out", str(out)]
+    assert main(args) == 0
+    res = json.loads((out / "compare.json").read_text())
+    (r,) = res["results"]
+    assert [c[2] is not None for c in r["curve"]] == [True] * 3  # evaluated at 0, 1, 2: the recipe's points
+    assert r["samples"] == 2 * 8 and "its recipe's iterations" in res["header"]
+    stamp = (out / "nft" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(args) == 0 and (out / "nft" / "metrics.jsonl").stat().st_mtime_ns == stamp  # read back
+    capsys.readouterr()
+    assert main(args[:3] + ["--budget-nfe", "10", "--out", str(out)]) == 2
+    assert "--budget-recipe keeps each recipe's iterations" in capsys.readouterr().err

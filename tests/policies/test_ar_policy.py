@@ -55,12 +55,16 @@ def test_kv_cache_and_full_forward_agree(adapter):
     torch.manual_seed(1)
     ids = torch.randint(0, adapter.model.embed.num_embeddings, (2, 20))
     full = adapter.predict(ids)[0]  # [2, 20, V]
-    logits, cache = adapter.predict(ids[:, :8])
-    steps = [logits]
-    for j in range(8, 20):
-        logits, cache = adapter.predict(ids[:, j : j + 1], j, cache)
-        steps.append(logits)
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    for cache in (None, adapter.new_cache()):  # concatenated (k, v) tuples, and the preallocated buffers
+        logits, cache = adapter.predict(ids[:, :8], 0, cache)
+        steps = [logits]
+        for j in range(8, 20):
+            logits, cache = adapter.predict(ids[:, j : j + 1], j, cache)
+            steps.append(logits)
+        assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert cache[0].length == 20 and cache[0].k.shape[2] == adapter.config.context
+    with pytest.raises(ValueError, match="the cache holds 20 positions, the input starts at 19"):
+        adapter.predict(ids[:, :1], 19, cache)  # a step written twice would corrupt the cache
     # the sampler on the cache draws the same tokens as recomputing the whole prefix at every token
     policy = make_policy(adapter)
     s = ARSampling(guidance_scale=2.0, top_k=8)

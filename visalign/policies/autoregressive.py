@@ -117,7 +117,7 @@ class AutoregressivePolicy:
         # one uniform per (sample, token) from the sample's own seed: the draws do not depend on the batch
         u = torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(int(x)), dtype=torch.float64)
                          for x in seeds])  # [B, N]
-        logits, cache = a.predict(ids)  # prefill the prompt
+        logits, cache = a.predict(ids, 0, a.new_cache())  # prefill the prompt into a preallocated cache
         last = logits[:, -1]  # [R, V]
         tokens = torch.zeros(b, n, dtype=torch.long, device=ids.device)
         log_probs = torch.zeros(b, n, device=ids.device)
