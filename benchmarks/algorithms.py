@@ -18,7 +18,8 @@
 
 A finished run is kept and read back (compare skips it), so the runs of `each-*` can be spread over
 processes, one core each: `VISALIGN_THREADS=1 python benchmarks/algorithms.py each-ar --only ddpo &` (and
-another algorithm beside it), then the command without --only writes the table from the finished runs.
+another algorithm beside it), then the command without --only (same VISALIGN_THREADS: the page records it)
+writes the table from the finished runs.
 
 The budget is network evaluations (NFE) per algorithm, counted in rollouts and updates (reference and old
 models included). One NFE costs very different time across families (a no-grad rollout forward, a forward +
@@ -34,12 +35,19 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from visalign.compare import compare, write_doc
+from visalign.trainer.checkpoint import atomic_write_text
 
 MAIN = ["grpo", "ddpo", "nft", "nft:kl_beta=0.1", "diffusion_dpo", "online_dpo", "refl"]
 SPLIT = ["grpo", "online_dpo", "diffusion_dpo"]
 HELD_IN = "single_object,counting,colors"
 SAME = ["train.finetune=full", "train.lr=3e-5", "train.batch_size=128", "train.minibatches=2"]
+# diffusion_dpo's pairs in each-flow: 2,000 train prompts x 4 samples (1,539 pairs; 100 iterations x 32 pairs
+# see each about twice): +0.047. On compare's default 400 prompts (312 pairs, each seen ~10 times) colours drift
+# 0.94 -> 0.62 and it ends at +0.023 (docs/algorithms-each-flow.md).
+PAIR_PROMPTS = 2000
 EACH = {"each-ar": (["grpo", "ddpo", "dpok", "online_dpo", "rwr"], "builtin:shapes-ar"),
         "each-flow": (["nft", "diffusion_dpo", "refl", "draft", "alignprop"], "builtin:shapes-flow")}
 
@@ -64,20 +72,21 @@ def run_each(which: str, minutes: float, only: str | None, out: Path) -> None:
     algos, model = EACH[which]
     if only is not None and only not in algos:
         sys.exit(f"--only {only}: {which} runs {', '.join(algos)}")
-    start = time.time()
     by_recipe = which == "each-flow"  # short recipes that overshoot when run longer (measured: README)
     res = compare([only] if only else algos, budget_minutes=0 if by_recipe else minutes, model=model,
-                  out=out / which, evals=3, recipe_budget=by_recipe)
+                  out=out / which, evals=3, recipe_budget=by_recipe, pair_prompts=PAIR_PROMPTS)
     if only:  # one run of the table: its numbers are in out/which/<algo>/metrics.jsonl
         print(res["table"])
         return
-    budget = "--budget-recipe" if by_recipe else f"--budget-minutes {minutes:g} --evals 3"
+    budget = f"--budget-recipe --pair-prompts {PAIR_PROMPTS}" if by_recipe else f"--budget-minutes {minutes:g} --evals 3"
     cmd = (f"python benchmarks/algorithms.py {which}{'' if by_recipe else f' --minutes {minutes:g}'}   # = visalign "
            f"compare {' '.join(algos)} --model {model} {budget}")
-    note = (f"each algorithm from its recipe for {model}; the runs were made one per core "
-            f"(VISALIGN_THREADS=1, two at a time, --only ALGO) and collected by the command")
-    doc = write_doc(Path("docs") / f"algorithms-{which}.md", f"Each algorithm on {model}", cmd, res,
-                    (time.time() - start) / 60, note)
+    threads = torch.get_num_threads()
+    how = (f"Runs made with {threads} torch thread(s) each" + (", two at a time on the 2-core machine (--only ALGO "
+           "in two processes; this command then read the finished runs back)" if threads == 1 else "")
+           + "; 'wall min' is each run's training time.")
+    doc = Path("docs") / f"algorithms-{which}.md"
+    atomic_write_text(doc, f"# Each algorithm on {model}\n\n`{cmd}`\n\n{res['header']}. {how}\n\n{res['table']}\n")
     print(res["table"])
     print(f"wrote {doc}")
 
@@ -91,8 +100,6 @@ if __name__ == "__main__":
     p.add_argument("--out", default="runs/algorithms")
     a = p.parse_args()
     if "VISALIGN_THREADS" in os.environ:  # default: torch's own (every core)
-        import torch
-
         torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
     if a.which in EACH:
         run_each(a.which, a.minutes, a.only, Path(a.out))

@@ -199,7 +199,7 @@ def cmd_compare(args) -> None:
 
     res = compare(args.algorithms, budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, model=args.model,
                   prompts=args.prompts, out=args.out, evals=args.evals, per_category=args.per_category,
-                  seed=args.seed, overrides=args.set, recipe_budget=args.budget_recipe)
+                  seed=args.seed, overrides=args.set, recipe_budget=args.budget_recipe, pair_prompts=args.pair_prompts)
     print(res["header"])
     print(res["table"])
     print(f"wrote {Path(args.out) / 'compare.md'} and {Path(args.out) / 'compare.html'}")
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget-recipe", action="store_true",
                    help="or: each recipe's own iterations and evaluation points (--evals is then unused)")
     c.add_argument("--model", default="builtin:shapes-flow")
+    c.add_argument("--pair-prompts", type=int, default=400,
+                   help="diffusion_dpo's pairs: train prompts sampled 4 times each, best vs worst (default 400)")
     c.add_argument("--prompts", default="geneval-s", help="geneval-s, or geneval-s:CAT,CAT,CAT to hold categories out")
     c.add_argument("--evals", type=int, default=4, help="held-out evaluations along each run")
     c.add_argument("--per-category", type=int, default=50)

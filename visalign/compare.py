@@ -85,7 +85,9 @@ def make_comparison_pairs(model: str, prompts: str, out: Path, seed: int, n_prom
     from .trainer.logging import Stopwatch
     from .trainer.trainer import InstrumentedAdapter
 
-    info = out / "pairs-info.json"
+    # the 400-prompt set keeps its first name (pairs/), so earlier comparisons read back as they were made
+    name = "pairs" if (n_prompts, per_prompt) == (400, 4) else f"pairs-{n_prompts}x{per_prompt}"
+    info = out / f"{name}-info.json"
     if info.exists():
         return json.loads(info.read_text())
     prompt_set = load_prompt_set(prompts)
@@ -96,8 +98,8 @@ def make_comparison_pairs(model: str, prompts: str, out: Path, seed: int, n_prom
                                                                                  for i in range(n_prompts))]
     start = time.time()
     make_pairs(PolicyGenerator(counted, validate=prompt_set.verifier), load_reward("geneval_s"), chosen, per_prompt,
-               seed, out / "pairs", {"model": model, "reward": "geneval_s", "prompts": prompts}, log=log)
-    res = {"path": str(out / "pairs"), "nfe": counted.nfe, "wall_s": round(time.time() - start, 1)}
+               seed, out / name, {"model": model, "reward": "geneval_s", "prompts": prompts}, log=log)
+    res = {"path": str(out / name), "nfe": counted.nfe, "wall_s": round(time.time() - start, 1)}
     atomic_write_text(info, json.dumps(res))
     return res
 
@@ -210,7 +212,8 @@ def write_page(results: list[dict], table: str, header: str, path: Path) -> None
 
 def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, model: str = "builtin:shapes-flow",
             prompts: str = "geneval-s", out: str | Path = "runs/compare", evals: int = 4, per_category: int = 50,
-            seed: int = 0, overrides: list[str] | None = None, log=print, recipe_budget: bool = False) -> dict:
+            seed: int = 0, overrides: list[str] | None = None, log=print, recipe_budget: bool = False,
+            pair_prompts: int = 400) -> dict:
     if not budget_nfe and not budget_minutes and not recipe_budget:
         raise ConfigError("give a budget: --budget-nfe N (network evaluations), --budget-minutes M per algorithm, "
                           "or --budget-recipe (each recipe's own iterations)")
@@ -225,7 +228,9 @@ def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, 
     out.mkdir(parents=True, exist_ok=True)
     pairs = None
     if any(parse_spec(s)[0] == "diffusion_dpo" for s in specs):
-        pairs = make_comparison_pairs(model, prompts, out, seed, log=log)
+        if pair_prompts < 1:
+            raise ConfigError(f"--pair-prompts must be >= 1, got {pair_prompts}")
+        pairs = make_comparison_pairs(model, prompts, out, seed, n_prompts=pair_prompts, log=log)
     results = []
     for spec in specs:
         data = pairs["path"] if pairs and parse_spec(spec)[0] == "diffusion_dpo" else None
@@ -240,7 +245,8 @@ def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, 
               else "its recipe's iterations")
     header = (f"model {model}, prompts {prompts}, budget {budget} per algorithm, seed {seed}; held-out GenEval-S "
               f"({per_category} per category) by the exact verifier"
-              + (f"; diffusion_dpo's pairs cost another {pairs['nfe']:,} NFE ({pairs['wall_s'] / 60:.1f} min)"
+              + (f"; diffusion_dpo's pairs ({pair_prompts} train prompts x 4 samples) cost another {pairs['nfe']:,} NFE "
+                 f"({pairs['wall_s'] / 60:.1f} min)"
                  if pairs else "")
               + (f"; trained on {', '.join(split[0])} only" if split else ""))
     summary = {"header": header, "results": results, "table": table}

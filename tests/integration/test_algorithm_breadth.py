@@ -59,11 +59,7 @@ def test_every_algorithm_is_covered():
     assert set(CASES) == set(ALGORITHMS.names())
 
 
-@pytest.mark.parametrize("algorithm", sorted(CASES))
-def test_one_update_changes_every_trainable_tensor(algorithm, tmp_path, pairs):
-    model, reward, kind, extra = CASES[algorithm]
-    recipe, resolved = _recipe(algorithm, model, reward, kind, extra, tmp_path,
-                               data=pairs if algorithm == "diffusion_dpo" else None)
+def _assert_one_update_changes_every_tensor(algorithm, recipe, resolved, tmp_path) -> Trainer:
     trainer = Trainer(recipe, resolved, tmp_path / "run", progress=False, log=lambda *a: None)
     before = {n: p.detach().clone() for n, p in trainer.module.named_parameters() if p.requires_grad}
     rec = trainer.train()[-1]
@@ -71,6 +67,15 @@ def test_one_update_changes_every_trainable_tensor(algorithm, tmp_path, pairs):
     after = dict(trainer.module.named_parameters())
     unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
     assert not unchanged, f"{algorithm} left {len(unchanged)} of {len(before)} tensors unchanged: {unchanged[:5]}"
+    return trainer
+
+
+@pytest.mark.parametrize("algorithm", sorted(CASES))
+def test_one_update_changes_every_trainable_tensor(algorithm, tmp_path, pairs):
+    model, reward, kind, extra = CASES[algorithm]
+    recipe, resolved = _recipe(algorithm, model, reward, kind, extra, tmp_path,
+                               data=pairs if algorithm == "diffusion_dpo" else None)
+    _assert_one_update_changes_every_tensor(algorithm, recipe, resolved, tmp_path)
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ddpo", "dpok", "online_dpo", "rwr"])
@@ -78,14 +83,8 @@ def test_log_prob_algorithms_change_every_tensor_of_the_token_model(algorithm, t
     """The same algorithms on the bundled token model (builtin:shapes-ar): rwr takes its exact log-probs."""
     small = [o for o in SMALL if "steps=" not in o]  # a token model writes a fixed number of tokens
     recipe, resolved = _recipe(algorithm, "builtin:shapes-ar", "compressibility", "sample", [], tmp_path, small=small)
-    trainer = Trainer(recipe, resolved, tmp_path / "run", progress=False, log=lambda *a: None)
+    trainer = _assert_one_update_changes_every_tensor(algorithm, recipe, resolved, tmp_path)
     assert trainer.algorithm.likelihood if algorithm == "rwr" else True
-    before = {n: p.detach().clone() for n, p in trainer.module.named_parameters() if p.requires_grad}
-    rec = trainer.train()[-1]
-    assert rec["loss"] is not None and torch.isfinite(torch.tensor(rec["loss"]))
-    after = dict(trainer.module.named_parameters())
-    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
-    assert not unchanged, f"{algorithm} left {len(unchanged)} of {len(before)} tensors unchanged: {unchanged[:5]}"
 
 
 @pytest.mark.parametrize("algorithm, reward, kind, match", [
@@ -180,3 +179,5 @@ def test_compare_on_each_recipes_own_budget(tmp_path, capsys):
     capsys.readouterr()
     assert main(args[:3] + ["--budget-nfe", "10", "--out", str(out)]) == 2
     assert "--budget-recipe keeps each recipe's iterations" in capsys.readouterr().err
+    assert main(["compare", "diffusion_dpo", "--budget-recipe", "--pair-prompts", "0", "--out", str(out)]) == 2
+    assert "--pair-prompts must be >= 1, got 0" in capsys.readouterr().err

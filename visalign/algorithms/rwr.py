@@ -41,7 +41,7 @@ class RWRConfig:
                               f"{self.temperature}, {self.max_weight}, {self.draws}")
 
 
-@ALGORITHMS.register("rwr", "reward-weighted regression: denoising loss on own samples weighted by exp(A / temperature)")
+@ALGORITHMS.register("rwr", "reward-weighted regression: own samples' denoising loss (token policy: their NLL) weighted by exp(A / temperature)")
 class RWR(Algorithm):
     name = "rwr"
     config_cls = RWRConfig
