@@ -72,7 +72,7 @@ def run_each(which: str, minutes: float, only: str | None, out: Path) -> None:
     algos, model = EACH[which]
     if only is not None and only not in algos:
         sys.exit(f"--only {only}: {which} runs {', '.join(algos)}")
-    by_recipe = which == "each-flow"  # short recipes that overshoot when run longer (measured: README)
+    by_recipe = which == "each-flow"  # the flow recipes are short on purpose: run longer, colours drift (README)
     res = compare([only] if only else algos, budget_minutes=0 if by_recipe else minutes, model=model,
                   out=out / which, evals=3, recipe_budget=by_recipe, pair_prompts=PAIR_PROMPTS)
     if only:  # one run of the table: its numbers are in out/which/<algo>/metrics.jsonl
