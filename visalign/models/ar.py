@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..world import plan as plan_lang
-from .text import PARSERS, TASKS, make_tokenizer
+from .text import PARSERS, check_task, make_tokenizer
 from .persist import Pretrained
 from .vq import VQVAE
 
@@ -54,8 +54,7 @@ class ARConfig:
         if self.layers < 1 or self.codebook_size < 2 or self.grid < 1 or self.grid_w < 0:
             raise ValueError(f"layers, codebook_size and grid must be positive, got {self.layers}, "
                              f"{self.codebook_size}, {self.grid}x{self.grid_w}")
-        if self.task not in TASKS:
-            raise ValueError(f"task '{self.task}' is not one of {', '.join(TASKS)}")
+        check_task(self.task)
 
     @property
     def grid_hw(self) -> tuple[int, int]:
@@ -184,7 +183,8 @@ class TokenGPT(Pretrained, nn.Module):
         if start + s > self.config.context:
             raise ValueError(f"sequence of {start + s} tokens exceeds the model's context of {self.config.context}")
         if cache is not None and isinstance(cache[0], KVCache) and cache[0].length != start:
-            raise ValueError(f"the cache holds {cache[0].length} positions, the input starts at {start}")
+            raise ValueError(f"the cache holds {cache[0].length} positions, the input starts at {start}; give the "
+                             f"cache of exactly the positions before the input (new_cache() for position 0)")
         x = self.embed(ids) + self.pos[start : start + s]  # [R, S, D]
         new = []
         for i, block in enumerate(self.blocks):

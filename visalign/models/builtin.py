@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..math import schedules
 from .persist import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Pretrained  # noqa: F401  (re-exported)
-from .text import PARSERS, TASKS, TextEncoder, make_tokenizer
+from .text import PARSERS, TextEncoder, check_task, make_tokenizer
 from .unet import UNet
 
 PREDICTIONS = ("velocity", "epsilon", "v_prediction")
@@ -48,8 +48,7 @@ class ShapesModelConfig:
                     f"{name} {size} must be divisible by 2^{len(self.channels)} = "
                     f"{2 ** len(self.channels)} (one halving per UNet level)"
                 )
-        if self.task not in TASKS:
-            raise ValueError(f"task '{self.task}' is not one of {', '.join(TASKS)}")
+        check_task(self.task)
 
     @property
     def image_size(self) -> tuple[int, int]:

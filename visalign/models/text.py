@@ -59,6 +59,12 @@ TASKS = {"shapes": (vocabulary, _lower_words), "text": (text_world.vocabulary, t
 PARSERS = {"shapes": parse_prompt, "text": text_world.parse_prompt}  # task -> prompt -> its spec
 
 
+def check_task(task: str) -> None:
+    """A model config's world task must be one of TASKS (one-line error otherwise)."""
+    if task not in TASKS:
+        raise ValueError(f"task '{task}' is not one of {', '.join(TASKS)}")
+
+
 def make_tokenizer(task: str, max_length: int) -> WordTokenizer:
     words, split = TASKS[task]
     return WordTokenizer(words(), max_length, split)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .persist import Pretrained
-from .text import TASKS
+from .text import check_task
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,7 @@ class VQConfig:
         if self.resolution % 4 != 0 or self.width % 4 != 0:
             raise ValueError(f"resolution {self.resolution} and width {self.width} must be divisible by 4 (two "
                              f"halvings to the token grid)")
-        if self.task not in TASKS:
-            raise ValueError(f"task '{self.task}' is not one of {', '.join(TASKS)}")
+        check_task(self.task)
         if self.codebook_size < 2 or self.code_dim < 1:
             raise ValueError(f"codebook_size must be >= 2 and code_dim >= 1, got {self.codebook_size}, {self.code_dim}")
 
