@@ -10,6 +10,7 @@ import pytest
 
 from visalign.images import images_to_tensor
 from visalign.rewards import load_reward
+from visalign.rewards import ocr as ocr_module
 from visalign.rewards.ocr import TesseractMissing, edit_distance, ocr_score
 from visalign.world import text
 from visalign.world.grammar import PromptError
@@ -95,8 +96,22 @@ def test_blank_images_score_zero_and_bad_prompts_are_refused():
     assert _score(reward, blank, ["CAT", "A"]).tolist() == [0.0, 0.0]
     with pytest.raises(PromptError, match="outside the OCR alphabet"):
         reward(images_to_tensor(blank[:1]), ['a sign that says "c@t"'])
-    with pytest.raises(ValueError, match="workers \\(0\\) and chunk \\(16\\) must be >= 1"):
+    with pytest.raises(ValueError, match="workers \\(0\\) and chunk \\(None\\) must be >= 1"):
         load_reward("ocr", workers=0)
+    with pytest.raises(ValueError, match="workers \\(2\\) and chunk \\(0\\) must be >= 1"):
+        load_reward("ocr", chunk=0)
+
+
+def test_a_batch_is_split_evenly_over_the_workers_by_default(monkeypatch):
+    # one tesseract process per worker (a process start costs ~5 image reads); an explicit chunk cuts finer
+    sizes = []
+    monkeypatch.setattr(ocr_module, "tesseract_binary", lambda: "tesseract")
+    monkeypatch.setattr(ocr_module, "read_chunk", lambda c, *a: sizes.append(len(c)) or [""] * len(c))
+    images = np.full((9, 32, 64, 3), 255, np.uint8)
+    assert load_reward("ocr", workers=2).read(images) == [""] * 9 and sorted(sizes) == [4, 5]
+    sizes.clear()
+    load_reward("ocr", workers=2, chunk=4).read(images)
+    assert sorted(sizes) == [1, 4, 4]
 
 
 def _fake_tesseract(tmp_path, monkeypatch, script: str):

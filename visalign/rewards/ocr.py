@@ -6,7 +6,9 @@ Each image goes to tesseract as a grey PNG upscaled 4x (bicubic) with a white ma
 (`--psm 7`) through a whitelist of the world's OCR alphabet. A batch is cut into chunks, one tesseract
 process per chunk reading a list of PNG files (one page each, pages split by form feeds): starting a process
 (loading the language model) costs ~5x the reading of one 32x64 image, so a chunk per process, and a thread
-pool runs the processes in parallel (the work is in the subprocess, so threads suffice).
+pool runs the processes in parallel (the work is in the subprocess, so threads suffice). By default the batch
+is split evenly over the workers, one process each: 64 text images read in 0.20 s on 2 workers against 0.28 s
+in chunks of 16 (four process starts).
 """
 
 from __future__ import annotations
@@ -120,15 +122,17 @@ class OCRReward(Reward):
     needs_text = True
     value_range = (0.0, 1.0)
 
-    def __init__(self, workers: int = 2, chunk: int = 16, timeout: float = 120.0):
-        if workers < 1 or chunk < 1:
-            raise ValueError(f"workers ({workers}) and chunk ({chunk}) must be >= 1")
+    def __init__(self, workers: int = 2, chunk: int | None = None, timeout: float = 120.0):
+        if workers < 1 or (chunk is not None and chunk < 1):
+            raise ValueError(f"workers ({workers}) and chunk ({chunk}) must be >= 1 (chunk: null for an even split "
+                             f"over the workers)")
         self.binary = tesseract_binary()
         self.workers, self.chunk, self.timeout = workers, chunk, timeout
 
     def read(self, images: np.ndarray) -> list[str]:
         """uint8 [B, H, W, 3] -> what tesseract reads on each image."""
-        chunks = [images[i : i + self.chunk] for i in range(0, len(images), self.chunk)]
+        size = self.chunk or max(1, -(-len(images) // self.workers))  # default: one process per worker
+        chunks = [images[i : i + size] for i in range(0, len(images), size)]
         with ThreadPoolExecutor(self.workers) as pool:
             reads = pool.map(lambda c: read_chunk(c, self.binary, text_world.ALPHABET, self.timeout), chunks)
             return [r for rs in reads for r in rs]
@@ -142,6 +146,7 @@ class OCRReward(Reward):
 
 
 @REWARDS.register("ocr", "1 - normalised edit distance between the prompt's text and tesseract's reading "
-                  "(Flow-GRPO's OCR reward; needs the Debian package tesseract-ocr); options: workers, chunk")
-def _ocr(workers: int = 2, chunk: int = 16, timeout: float = 120.0):
+                  "(Flow-GRPO's OCR reward; needs the Debian package tesseract-ocr); options: workers, chunk (default: "
+                  "an even split over the workers)")
+def _ocr(workers: int = 2, chunk: int | None = None, timeout: float = 120.0):
     return OCRReward(workers, chunk, timeout)
