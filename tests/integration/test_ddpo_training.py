@@ -6,8 +6,13 @@ On the tiny random pipeline the images hardly follow the policy at first: a rand
 the noise DDIM injects (eta 1) reaches the decoded image nearly unchanged (JPEG 1.60 +- 0.01 kB over
 samples; a LoRA scaled x10 moved it < 0.01 kB). Constant or smooth latents do decode to smaller JPEGs (1.05 /
 1.1 kB, measured), so the reward is reachable, but only by changing what the UNet predicts: the test trains
-the whole UNet at a large learning rate, and checks the direction against the same run with the opposite
-reward (large random steps alone also shrink the JPEGs a little)."""
+the whole UNet at a large learning rate.
+
+What this does not separate: such large steps also shrink the JPEGs by themselves. The same runs with the
+opposite reward (`incompressibility`), measured on two machines: 1.586 kB (seed 1) on the first; on the
+second 1.329 / 1.594 kB (seeds 1 / 2) at lr 5e-2 and 1.157 / 1.553 kB at lr 3e-2, while `compressibility`
+ended at 1.562 / 1.528 and 1.571 / 1.531 kB (from 1.603). The fall under `compressibility` is robust; that
+it comes from the reward's direction is not, so the test asserts the fall only."""
 
 import json
 
@@ -62,7 +67,5 @@ def _tiny_sd_ddpo(tmp_path, reward: str) -> list[float]:
 def test_ddpo_raises_compressibility_on_a_tiny_random_sd_pipeline(tmp_path):
     save_tiny_pipeline("sd15", tmp_path / "sd")
     before, after = _tiny_sd_ddpo(tmp_path, "compressibility")  # minus JPEG kB on 64 held-out samples
-    _, after_incompressible = _tiny_sd_ddpo(tmp_path, "incompressibility")  # plus JPEG kB
-    # measured: 1.603 kB -> 1.557 kB with the compressibility reward, -> 1.586 kB with the opposite one
+    # measured: 1.603 kB -> 1.557 kB (first machine), 1.562 kB (second); seed 2: 1.528 kB
     assert after > before + 0.025, (before, after)
-    assert -after < after_incompressible - 0.015, (after, after_incompressible)
