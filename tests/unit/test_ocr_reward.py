@@ -96,9 +96,9 @@ def test_blank_images_score_zero_and_bad_prompts_are_refused():
     assert _score(reward, blank, ["CAT", "A"]).tolist() == [0.0, 0.0]
     with pytest.raises(PromptError, match="outside the OCR alphabet"):
         reward(images_to_tensor(blank[:1]), ['a sign that says "c@t"'])
-    with pytest.raises(ValueError, match="workers \\(0\\) and chunk \\(None\\) must be >= 1"):
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         load_reward("ocr", workers=0)
-    with pytest.raises(ValueError, match="workers \\(2\\) and chunk \\(0\\) must be >= 1"):
+    with pytest.raises(ValueError, match="chunk must be >= 1 images per tesseract process, or null .* got 0"):
         load_reward("ocr", chunk=0)
 
 

@@ -123,9 +123,11 @@ class OCRReward(Reward):
     value_range = (0.0, 1.0)
 
     def __init__(self, workers: int = 2, chunk: int | None = None, timeout: float = 120.0):
-        if workers < 1 or (chunk is not None and chunk < 1):
-            raise ValueError(f"workers ({workers}) and chunk ({chunk}) must be >= 1 (chunk: null for an even split "
-                             f"over the workers)")
+        if workers < 1:
+            raise ValueError(f"ocr reward: workers must be >= 1, got {workers}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"ocr reward: chunk must be >= 1 images per tesseract process, or null for an even split "
+                             f"over the workers; got {chunk}")
         self.binary = tesseract_binary()
         self.workers, self.chunk, self.timeout = workers, chunk, timeout
 
