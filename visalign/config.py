@@ -190,6 +190,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.0  # > 0: an EMA of the trained weights (this decay per optimizer step), which evaluation,
+    # the report and export use; the rollouts keep the raw weights. 0 = off
     step_chunk: int = 0  # trained steps per network forward (0: all of a minibatch's at once; 1-4 for big models)
     micro_batch: int = 0  # samples per network forward in updates (0: the whole minibatch; gradients accumulate)
     finetune: str = "lora"  # lora | full
@@ -238,6 +240,8 @@ class TrainConfig:
         if self.budget_nfe < 0 or self.budget_minutes < 0 or self.eval_every_nfe < 0:
             raise ConfigError(f"train.budget_nfe, budget_minutes and eval_every_nfe must be >= 0 (0 = off), got "
                               f"{self.budget_nfe}, {self.budget_minutes}, {self.eval_every_nfe}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         for k in ("eval_every", "checkpoint_every", "epochs", "eval_per_category", "lora_rank"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")

@@ -9,7 +9,8 @@
                   ShapesModel directory (`load_model(DIR)`).
 
 The model is rebuilt from the run's recipe.json (`model` spec, `train.finetune`, `train.lora_*`), LoRA is
-injected exactly as the trainer does, and the latest checkpoint's weights are loaded. Everything is written
+injected exactly as the trainer does, and the latest checkpoint's weights are loaded (the EMA weights when the
+run kept them, `train.ema_decay`: those its evaluations scored). Everything is written
 to a temp folder next to DIR and renamed at the end; an existing non-empty DIR is refused.
 """
 
@@ -42,18 +43,18 @@ def _read_recipe(run: Path) -> dict:
 
 
 def _load_weights(run: Path) -> dict:
-    from ..trainer.checkpoint import ResumeError, load_checkpoint, rng_state, set_rng_state
+    from ..trainer.checkpoint import ResumeError, ema_weights, load_checkpoint, rng_state, set_rng_state
 
     if not (run / "checkpoints" / "latest").is_file():
         raise ValueError(f"cannot export {run}: it has no checkpoint yet (checkpoints/latest is missing)")
     saved = rng_state()  # load_checkpoint restores the run's RNG states; exporting must not change ours
     try:
-        weights, _, _ = load_checkpoint(run)
+        weights, _, state = load_checkpoint(run)
     except ResumeError as e:
         raise ValueError(str(e).replace("cannot resume", "cannot export")) from None
     finally:
         set_rng_state(saved)
-    return weights
+    return ema_weights(state["extra"]) or weights  # a run with train.ema_decay: the weights its evaluations scored
 
 
 def _export_spec(spec: str) -> str:

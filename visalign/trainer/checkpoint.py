@@ -24,6 +24,14 @@ class ResumeError(RuntimeError):
     """A run that cannot be resumed (one-line message)."""
 
 
+EMA_PREFIX = "ema_weights."  # extra tensors: the EMA weights (train.ema_decay) under the weights' own names
+
+
+def ema_weights(extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's EMA weights, named as its weights; {} when the run kept none."""
+    return {k[len(EMA_PREFIX):]: v for k, v in extra.items() if k.startswith(EMA_PREFIX)}
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:

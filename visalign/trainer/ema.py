@@ -1,4 +1,5 @@
-"""An EMA copy of the trained parameters that the policy can compute with: DiffusionNFT's old model.
+"""An EMA copy of the trained parameters that the policy can compute with: DiffusionNFT's old model, and the
+averaged weights that `train.ema_decay` evaluates and exports (as Flow-GRPO evaluates an EMA of its LoRA).
 
 Only the trained tensors are copied (the LoRA weights, or the whole network in full fine-tuning), and
 `swapped()` puts them in place for a no-grad forward, so no second model is built.
@@ -42,6 +43,8 @@ class EMAWeights:
         return {f"ema.{i}": s for i, s in enumerate(self.shadow)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """state: a checkpoint's extra tensors; only the ema.* keys are this copy's."""
+        state = {k: v for k, v in state.items() if k.startswith("ema.")}
         if len(state) != len(self.shadow):
             raise ValueError(f"EMA state holds {len(state)} tensors, the model trains {len(self.shadow)}")
         for i, s in enumerate(self.shadow):

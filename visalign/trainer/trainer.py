@@ -13,13 +13,15 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..algorithms import load_algorithm
-from ..config import TrainRecipe, build
+from ..config import TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
 from ..evaluate import diversity, evaluate, evaluate_reward
 from ..images import save_grid
@@ -29,7 +31,7 @@ from ..policies import make_policy, policy_class
 from ..prompts import PromptSet, load_prompt_set
 from ..rewards import load_reward
 from . import diagnostics
-from .checkpoint import ResumeError, atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import EMA_PREFIX, ResumeError, atomic_write_text, ema_weights, load_checkpoint, save_checkpoint
 from .ema import EMAWeights
 from .logging import MetricsLog, Stopwatch
 
@@ -218,6 +220,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         decay = self.algorithm.old_ema
         self.old = EMAWeights(self.params, decay) if decay is not None else None  # the algorithm's old model
+        # the averaged weights evaluation and export use: RL steps are noisy, their average is less so
+        self.ema = EMAWeights(self.params, cfg.ema_decay) if cfg.ema_decay else None
         self.prompt_set = load_prompt_set(recipe.prompts)
         self.prompts = PromptSampler(cfg.seed, cfg.curriculum, self.prompt_set)
         self.iteration, self.nfe, self.wall, self.bad_updates = 0, 0, 0.0, 0
@@ -331,8 +335,9 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_factor(it, cfg)
                 self.optimizer.step()
-                if self.old is not None:
-                    self.old.update()
+                for average in (self.old, self.ema):
+                    if average is not None:
+                        average.update()
                 self.bad_updates = 0
                 losses.append(total)
                 stats.setdefault("grad_norm", []).append(float(gnorm))
@@ -463,7 +468,7 @@ class Trainer:
         scored by its verifier, other prompt sets by the run's reward (eval_overall is then its mean)."""
         out = {}
         if self.dist.is_main:
-            with self.sw("eval"):
+            with self.sw("eval"), torch.no_grad(), self.ema.swapped() if self.ema else nullcontext():
                 gen = PolicyGenerator(self.adapter, self.recipe.eval.steps, self.recipe.eval.guidance,
                                       validate=self.prompt_set.verifier)
                 if self.prompt_set.verifier:
@@ -569,28 +574,44 @@ class Trainer:
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return lora.lora_state_dict(self.module) if self.cfg.finetune == "lora" else self.module.state_dict()
 
+    def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
+        if self.cfg.finetune == "lora":
+            lora.load_lora_state_dict(self.module, weights)
+        else:
+            self.module.load_state_dict(weights)
+
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """trainable_state() with the EMA weights in place: saved under these names, so export reads them as
+        it reads the weights."""
+        with self.ema.swapped():
+            return {f"{EMA_PREFIX}{k}": v.detach().clone() for k, v in self.trainable_state().items()}
+
     def save(self) -> None:
         if self.dist.is_main:
             state = {"nfe": self.nfe, "wall_s": self.wall, "bad_updates": self.bad_updates, "diag_cos": self.diag_cos,
                      "algorithm": self.algorithm.state_dict(), "recipe": self.resolved}
             state["prompt_sampler"] = self.prompts.state_dict()
+            extra = {**(self.old.state_dict() if self.old else {}), **(self.ema_state() if self.ema else {})}
             save_checkpoint(self.run, self.iteration, self.trainable_state(), self.optimizer.state_dict(), state,
-                            extra=self.old.state_dict() if self.old else None)
+                            extra=extra or None)
         self.dist.barrier()
 
     def _restore(self) -> None:
         weights, opt_state, state = load_checkpoint(self.run)
         before, now = _flatten(state["recipe"]), _flatten(json.loads(json.dumps(self.resolved)))  # tuples -> lists
-        diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+        # a train.* setting added after the run was made is no change at its default
+        default = _flatten({"train": json.loads(json.dumps(asdict(TrainConfig())))})
+        diff = sorted(k for k in set(before) | set(now)
+                      if before.get(k, default.get(k)) != now.get(k) and k not in RESUMABLE_CHANGES)
         if diff:
             raise ResumeError(
                 f"cannot resume {self.run}: it was made by another recipe or settings (differs in {', '.join(diff[:5])}); "
                 f"only {', '.join(RESUMABLE_CHANGES)} may change on resume"
             )
-        if self.cfg.finetune == "lora":
-            lora.load_lora_state_dict(self.module, weights)
-        else:
-            self.module.load_state_dict(weights)
+        if self.ema is not None:  # the averaged weights go through the network once, to become the shadow
+            self.load_trainable_state(ema_weights(state["extra"]))
+            self.ema = EMAWeights(self.params, self.cfg.ema_decay)
+        self.load_trainable_state(weights)
         self.optimizer.load_state_dict(opt_state)
         self.algorithm.load_state_dict(state["algorithm"])
         self.prompts.load_state_dict(state.get("prompt_sampler", {}))
