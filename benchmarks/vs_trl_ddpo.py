@@ -32,7 +32,13 @@ What is matched, and how (read from trl 0.23.1's trainer/ddpo_trainer.py and mod
     that is visalign's design, not the benchmark's: trl backpropagates through both halves of its 2N
     batch (conditional and unconditional), visalign runs the unconditional pass under no_grad and
     backpropagates through the conditional one only (the LoRA gradient of the unconditional branch is
-    dropped). Forward work is identical; visalign's backward covers half the rows.
+    dropped). visalign's backward covers half the rows. The forward work differs in one place: in the
+    first minibatch the weights are still the rollout's, so visalign takes the unconditional outputs the
+    rollout computed (policies/denoising.py, UncondCache) where trl runs the UNet again for the same numbers.
+  - Compilation: by default visalign runs with train.compile=true (torch.compile of the UNet in place;
+    --no-compile runs it eager); trl 0.23.1's DDPOTrainer has no such option. The compilation falls in
+    the first (warm-up) epoch, printed as "first epoch s" (inductor keeps compiled kernels in its on-disk
+    cache, so a second run compiles faster).
   - Log-probs: the DDIM step Gaussian, mean over latent elements (trl) / visalign's ddim_step; PPO-clip loss
     with the recipe's clip range 1e-4, advantage clip 5, grad-norm clip 1.0, AdamW lr 3e-4.
   - LoRA: rank R, alpha (the recipe's 4.0) on to_q, to_k, to_v, to_out.0 of the UNet (trl's default
@@ -137,6 +143,7 @@ def run_visalign(args, pipe_dir: Path, run_dir: Path) -> dict:
         f"train.lora_alpha={args.lora_alpha}", f"train.iterations={e}", f"train.eval_every={e}",
         "train.eval_per_category=1", f"train.checkpoint_every={e}", f"eval.steps={args.steps}",
         "train.diagnose_every=0", f"train.seed={args.seed}", "train.micro_batch=0", "train.step_chunk=0",
+        f"train.compile={str(args.compile).lower()}",
     ]
     cmd = [sys.executable, "-m", "visalign.cli", "train", RECIPE, *overrides, "--out", str(run_dir)]
     log("visalign: " + " ".join(cmd[2:]))
@@ -194,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs per side, interleaved; each side reports its fastest round (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per side (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="visalign with train.compile (torch.compile of the UNet; default on, --no-compile: eager)")
     p.add_argument("--workdir", type=Path, default=ROOT / ".bench", help="venv, pipeline, runs (default .bench/)")
     p.add_argument("--json", type=Path, default=None, help="also write the table (and details) as JSON here")
     p.add_argument("--only", choices=("visalign", "trl"), default=None, help="run one side only")
@@ -244,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         results[side] = best
 
     rows = []
-    header = ("side", "sec/epoch", "peak RSS MB", "samples/epoch", "steps", "LoRA rank")
+    header = ("side", "sec/epoch", "first epoch s", "peak RSS MB", "samples/epoch", "steps", "LoRA rank")
     for side, r in results.items():
-        rows.append((side, f"{r['sec_per_epoch']:.2f}", f"{r['peak_rss_mb']:.0f}", str(args.samples_per_epoch),
+        rows.append((side, f"{r['sec_per_epoch']:.2f}", f"{r['epoch_s'][0]:.1f}", f"{r['peak_rss_mb']:.0f}",
+                     str(args.samples_per_epoch),
                      str(args.steps), str(args.lora_rank)))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
 
@@ -256,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DDPO epoch: {args.samples_per_epoch} samples x {args.steps} DDIM steps (eta 1, CFG {args.guidance:g}), "
           f"{args.minibatches} optimizer steps over all timesteps, LoRA r{args.lora_rank} (alpha {args.lora_alpha:g}), "
           f"fp32, {args.threads} torch thread(s); mean of epochs 2..{args.epochs}, fastest of {args.rounds} "
-          f"interleaved round(s) per side")
+          f"interleaved round(s) per side; visalign {'with' if args.compile else 'without'} train.compile (its first "
+          f"epoch holds the compilation)")
     print(line(header))
     print("-+-".join("-" * w for w in widths))
     for row in rows:

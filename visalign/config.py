@@ -194,6 +194,9 @@ class TrainConfig:
     # the report and export use; the rollouts keep the raw weights. 0 = off
     step_chunk: int = 0  # trained steps per network forward (0: all of a minibatch's at once; 1-4 for big models)
     micro_batch: int = 0  # samples per network forward in updates (0: the whole minibatch; gradients accumulate)
+    compile: bool = False  # torch.compile the trained network (static shapes, one graph per batch shape; the first
+    # iteration pays the compilation). For fixed-shape denoisers (UNet, DiT); token models' growing caches recompile
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: trace only, to debug a graph)
     finetune: str = "lora"  # lora | full
     lora_rank: int = 8
     lora_alpha: float = 8.0

@@ -24,7 +24,7 @@ class Trajectory:
     sigmas: torch.Tensor  # [T+1] from 1 to 0
     stochastic: torch.Tensor  # [T] bool, True where the step was sampled from the SDE
     images: torch.Tensor  # [B, 3, H, W] in [-1, 1], the decoded final state
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # an entry with a select(idx) method holds per-sample data
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -35,7 +35,7 @@ class Trajectory:
         return Trajectory(
             prompts=[self.prompts[j] for j in i], seeds=[self.seeds[j] for j in i], states=self.states[idx],
             log_probs=self.log_probs[idx], sigmas=self.sigmas, stochastic=self.stochastic, images=self.images[idx],
-            extras=dict(self.extras),
+            extras={k: v.select(idx) if hasattr(v, "select") else v for k, v in self.extras.items()},
         )
 
 

@@ -228,6 +228,8 @@ def test_two_processes_equal_one(tiny_dir, tiny_ddpm_dir, tmp_path, recipe):
         (["sampling.kind=ode"], "grpo needs log-probs of sampled steps"),
         (["train.lora_targets=[qkv]"], "LoRA targets ['qkv'] are not modules of this model; it has:"),
         (["train.ema_decay=1"], "train.ema_decay must be in [0, 1) (0 = off), got 1"),
+        (["train.compile=true", "train.compile_backend=fast"],
+         "train.compile_backend 'fast' is not a torch.compile backend; available: aot_eager"),
     ],
 )
 def test_bad_training_input_is_one_line(tiny_dir, tmp_path, extra, needle, capsys):
@@ -349,3 +351,26 @@ def test_micro_batches_and_step_chunks_give_the_update_of_one_forward(tiny_dir, 
     # on entries whose gradient is ~0
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert abs(diags[0] - diags[1]) < 1e-4
+
+
+def test_compiled_network_trains_as_the_eager_one(tiny_ddpm_dir, tmp_path):
+    """train.compile compiles the network in place: the same updates up to float rounding, and checkpoints with
+    the eager run's keys. (aot_eager traces forward and backward as inductor does, without its minutes of
+    kernel compilation; benchmarks/vs_trl_ddpo.py measures inductor.)"""
+    from torch._dynamo.utils import counters
+
+    over = _overrides(tiny_ddpm_dir, "train.iterations=2", "train.lr=1e-3", "train.finetune=full")
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["train.compile=true", "train.compile_backend=aot_eager"])):
+        counters.clear()
+        runs[name] = tmp_path / name
+        assert main(["train", "geneval-s-ddpo", *over, *extra, "--out", str(runs[name])]) == 0
+        graphs = counters["stats"]["unique_graphs"]
+        assert (graphs >= 2) == (name == "compiled"), (name, graphs)  # rollout (no grad) and update graphs
+    a, b = (load_file(str(r / "checkpoints" / "iter-000002" / "weights.safetensors")) for r in runs.values())
+    base = load_file(str(tiny_ddpm_dir / "model.safetensors"))
+    assert a.keys() == b.keys() == base.keys()
+    assert max((a[k] - base[k]).abs().max().item() for k in base) > 5e-4  # it trained
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    ma, mb = _strip(read_metrics(runs["eager"])), _strip(read_metrics(runs["compiled"]))
+    assert [r["loss"] for r in ma[1:]] == pytest.approx([r["loss"] for r in mb[1:]], abs=1e-5)

@@ -2,6 +2,7 @@
 on-policy with gradients into the LoRA, the deterministic sampler == the diffusers pipeline's own output, the
 prompt cache, and one-line errors for what cannot be loaded."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -58,6 +59,10 @@ def test_ratio_is_one_on_policy_with_lora_gradients(kind, guidance):
         assert torch.allclose(lp.log_prob, traj.log_probs[:, i], atol=1e-5, rtol=0), (i, lp.log_prob, traj.log_probs[:, i])
         assert lp.log_prob.requires_grad
         lp.log_prob.sum().backward()
+    if guidance != 1.0:  # the same with the unconditional branch recomputed, not taken from the rollout
+        plain = dataclasses.replace(traj, extras={"sampling": traj.extras["sampling"]})
+        torch.testing.assert_close(policy.log_prob(plain, steps).log_prob.detach(), traj.log_probs[:, steps],
+                                   atol=1e-5, rtol=0)
     grads = [p.grad for p in params]
     assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0

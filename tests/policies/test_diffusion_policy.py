@@ -1,5 +1,7 @@
 """DiffusionPolicy (DDIM with eta > 0) on the built-in epsilon model: ratio == 1, seeding, schedules."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -28,6 +30,9 @@ def test_ratio_is_one_right_after_sampling(tiny_ddpm_model, tiny_vpred_model, gu
         assert (lp.log_prob.detach() - traj.log_probs[:, i]).abs().max() < 1e-5
         if traj.stochastic[i]:
             assert lp.log_prob.requires_grad and (traj.log_probs[:, i] != 0).all()
+    if guidance != 1.0:  # the same with the unconditional branch recomputed, not taken from the rollout
+        plain = dataclasses.replace(traj, extras={"sampling": traj.extras["sampling"]})
+        assert (policy.log_prob(plain, [0, 1, 2]).log_prob.detach() - traj.log_probs[:, :3]).abs().max() < 1e-5
 
 
 def test_a_step_is_ddim_on_the_cosine_schedule(tiny_ddpm_model):
@@ -110,3 +115,62 @@ def test_several_steps_in_one_forward_equal_one_at_a_time(tiny_flow_model, tiny_
     if family == "diffusion":  # its last step lands on alpha_bar = 1 and is deterministic
         with pytest.raises(ValueError, match="mix stochastic and deterministic steps"):
             policy.log_prob(traj, [2, 3])
+
+
+class _CountingAdapter:
+    """An adapter that counts the rows it runs through the network."""
+
+    def __init__(self, adapter):
+        self._adapter, self.rows = adapter, 0
+
+    def predict(self, x, *a, **k):
+        self.rows += x.shape[0]
+        return self._adapter.predict(x, *a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._adapter, name)
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_on_policy_log_prob_reuses_the_rollouts_unconditional_outputs(tiny_flow_model, tiny_vpred_model, family):
+    """While the weights are the rollout's, log_prob takes the CFG's unconditional branch from the rollout (one
+    network pass per row instead of two) and gives what recomputing it gives; after an optimizer step, or with
+    LoRA switched off (the reference), it recomputes."""
+    from visalign.models import lora
+    from visalign.models.builtin import ShapesFlowAdapter
+    from visalign.policies import FlowSampling
+
+    if family == "flow":
+        adapter, s = _CountingAdapter(ShapesFlowAdapter(tiny_flow_model)), FlowSampling(steps=3, kind="flow", guidance_scale=3.0)
+    else:
+        adapter, s = _CountingAdapter(ShapesDiffusionAdapter(tiny_vpred_model)), DiffusionSampling(steps=4, guidance_scale=3.0)
+    params = lora.add_lora(adapter.module, 4, 8.0, ("to_q", "to_k", "to_v", "to_out"))
+    policy = make_policy(adapter, s)
+    traj = policy.sample(PROMPTS, [1, 2, 3])
+    assert traj.extras["uncond"].pred.shape == (3, s.steps, 3, 16, 16)
+    plain = dataclasses.replace(traj, extras={k: v for k, v in traj.extras.items() if k != "uncond"})
+    steps, rows = [0, 1, 2], 3 * 3
+
+    def scored(t):
+        before = adapter.rows
+        lp = policy.log_prob(t, steps)
+        return lp.log_prob, adapter.rows - before
+
+    cached, n = scored(traj)
+    assert n == rows  # the conditional branch only
+    fresh, n = scored(plain)
+    assert n == 2 * rows
+    torch.testing.assert_close(cached, fresh, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.detach(), traj.log_probs[:, steps], atol=1e-5, rtol=0)
+    sub, n = scored(traj.select(torch.tensor([2, 0])))  # a minibatch carries its rows of the cache
+    assert n == 2 * 3 and torch.allclose(sub, cached[[2, 0]], atol=1e-6)
+    with lora.adapters_disabled(adapter.module):
+        assert scored(traj)[1] == 2 * rows
+    cached.sum().backward()
+    torch.optim.SGD(params, lr=10.0).step()
+    after, n = scored(traj)
+    assert n == 2 * rows  # the weights moved: the rollout's unconditional outputs are stale
+    torch.testing.assert_close(after, scored(plain)[0], atol=1e-5, rtol=0)
+    assert (after - cached).abs().max() > 1e-3  # the step did change the policy
+    assert "uncond" not in policy.sample(PROMPTS, [1, 2, 3], dataclasses.replace(s, guidance_scale=1.0)).extras
+

@@ -85,6 +85,13 @@ def has_lora(module: nn.Module) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in module.modules())
 
 
+def adapters_enabled(module: nn.Module) -> tuple[bool, ...]:
+    """Whether each LoRA layer of the module computes with its adapter (() without LoRA layers)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return tuple(not m.disable_adapters for m in module.modules() if isinstance(m, BaseTunerLayer))
+
+
 @contextmanager
 def adapters_disabled(module: nn.Module):
     """Inside the block the module computes as its frozen base."""

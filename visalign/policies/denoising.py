@@ -5,6 +5,11 @@ log-prob recomputed right after sampling equals the rollout's (the PPO ratio is 
 Noise is drawn per sample from its own seed, so a sample does not depend on what else is in the batch
 (or on which process drew it).
 
+With classifier-free guidance the unconditional branch carries no gradient, so while the weights are still
+those of the rollout (the first optimizer step of a PPO update is on-policy) its output is the one the rollout
+computed: sample() keeps it (traj.extras["uncond"]) with a stamp of the weights, and log_prob() reuses it
+instead of running the network again when the stamp still matches (an UncondCache).
+
 The adapter interface (flow and diffusion alike):
   encode(prompts) -> cond            cond[idx] slices it, type(cond).cat([...]) joins
   predict(x, t [B], cond) -> [B, ...] the network output (a velocity, or the diffusion prediction_type)
@@ -17,11 +22,14 @@ likelihood-free algorithms train on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..math.sde import StepOutput, flow_kl
+from ..models.lora import adapters_enabled
 from ..types import StepLogProb, Trajectory
 
 
@@ -47,6 +55,25 @@ def draw_generators(seeds: list[int], draw: int) -> list[torch.Generator]:
     depend on the batch or the process."""
     return [torch.Generator().manual_seed(int(np.random.default_rng([int(s), int(draw)]).integers(2**62)))
             for s in seeds]
+
+
+def weights_stamp(module: torch.nn.Module) -> tuple:
+    """What the module's output depends on besides its input: which module, each parameter's in-place version
+    counter (bumped by every optimizer step, EMA swap and state-dict load), its LoRA layers' on/off state and
+    train/eval mode. Equal stamps: the same function (barring writes through .data, which visalign never does)."""
+    return id(module), tuple(p._version for p in module.parameters()), adapters_enabled(module), module.training
+
+
+@dataclass
+class UncondCache:
+    """The unconditional network outputs a rollout computed, pred [B, T, ...] (step i of sample b), and the
+    weights_stamp they were computed under."""
+
+    pred: torch.Tensor
+    stamp: tuple
+
+    def select(self, idx: torch.Tensor) -> UncondCache:
+        return UncondCache(self.pred[idx], self.stamp)
 
 
 class DenoisingPolicy:
@@ -99,26 +126,30 @@ class DenoisingPolicy:
         return self.Sampling(steps=steps or self.adapter.default_steps, kind="ode",
                              guidance_scale=self.adapter.default_guidance if guidance is None else guidance)
 
-    def guided(self, x, t, cond, uncond, guidance_scale: float) -> torch.Tensor:
-        """p = p_u + w (p_c - p_u) in fp32. x [B, ...]; t [B]. The unconditional branch never carries
-        gradients (Flow-GRPO detaches it); without gradients at all (sampling) both branches run as one
-        batch of 2B, which is faster than two calls of B."""
+    def guided(self, x, t, cond, uncond, guidance_scale: float, p_u=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (p = p_u + w (p_c - p_u) in fp32, p_u). x [B, ...]; t [B]. The unconditional branch never
+        carries gradients (Flow-GRPO detaches it); without gradients at all (sampling) both branches run as
+        one batch of 2B, which is faster than two calls of B. A given p_u [B, ...] is used as it is."""
         if guidance_scale == 1.0 or uncond is None:
-            return self.adapter.predict(x, t, cond).float()
-        if not torch.is_grad_enabled():
+            return self.adapter.predict(x, t, cond).float(), None
+        if p_u is not None:
+            p_c = self.adapter.predict(x, t, cond).float()
+        elif not torch.is_grad_enabled():
             both = self.adapter.predict(torch.cat([x, x]), torch.cat([t, t]), type(cond).cat([cond, uncond])).float()
             p_c, p_u = both.chunk(2)
         else:
             p_c = self.adapter.predict(x, t, cond).float()
             with torch.no_grad():
                 p_u = self.adapter.predict(x, t, uncond).float()
-        return p_u + guidance_scale * (p_c - p_u)
+        return p_u + guidance_scale * (p_c - p_u), p_u
 
-    def _step(self, x, i, sched, cond, uncond, s, stochastic: bool, noise=None, prev_sample=None) -> StepOutput:
-        """The one step function: forward + CFG + the step math. x [R, ...]; i [R] long, the step index of each
-        row (rows may sit at different steps: log_prob scores several steps of a chain in one forward)."""
-        pred = self.guided(x, self.model_time(sched, i).to(x.device), cond, uncond, s.guidance_scale)
-        return self._step_math(x, i, pred, sched, s, stochastic, noise, prev_sample)
+    def _step(self, x, i, sched, cond, uncond, s, stochastic: bool, noise=None, prev_sample=None,
+              p_u=None) -> tuple[StepOutput, torch.Tensor | None]:
+        """The one step function: forward + CFG + the step math -> (the step, the unconditional output). x [R,
+        ...]; i [R] long, the step index of each row (rows may sit at different steps: log_prob scores several
+        steps of a chain in one forward); p_u [R, ...]: the unconditional output, if already known."""
+        pred, p_u = self.guided(x, self.model_time(sched, i).to(x.device), cond, uncond, s.guidance_scale, p_u)
+        return self._step_math(x, i, pred, sched, s, stochastic, noise, prev_sample), p_u
 
     def conditions(self, prompts: list[str], guidance_scale: float):
         cond = self.adapter.encode(prompts)
@@ -145,16 +176,20 @@ class DenoisingPolicy:
         noise = noise.to(next(self.adapter.module.parameters()).device)
         cond, uncond = self.conditions(prompts, s.guidance_scale)
         x = noise[:, 0]
-        states, log_probs = [x], []
+        states, log_probs, uncond_preds = [x], [], []
         for i in range(s.steps):
             step = torch.full((len(prompts),), i, dtype=torch.long)
-            out = self._step(x, step, sched, cond, uncond, s, bool(mask[i]), noise=noise[:, i + 1])
+            out, p_u = self._step(x, step, sched, cond, uncond, s, bool(mask[i]), noise=noise[:, i + 1])
             x = out.prev_sample
             states.append(x)
             log_probs.append(out.log_prob)
+            uncond_preds.append(p_u)
+        extras = {"sampling": s}
+        if uncond is not None:
+            extras["uncond"] = UncondCache(torch.stack(uncond_preds, 1), weights_stamp(self.adapter.module))  # [B, T, ...]
         return Trajectory(
             prompts=list(prompts), seeds=list(seeds), states=torch.stack(states, 1), log_probs=torch.stack(log_probs, 1),
-            sigmas=sched["sigmas"], stochastic=mask, images=self.adapter.decode(x), extras={"sampling": s},
+            sigmas=sched["sigmas"], stochastic=mask, images=self.adapter.decode(x), extras=extras,
         )
 
     def log_prob(self, traj: Trajectory, steps: int | list[int], sampling=None) -> StepLogProb:
@@ -171,8 +206,12 @@ class DenoisingPolicy:
         rows = torch.arange(b).repeat_interleave(k)  # [B*K] the sample of each row (row = b * K + j)
         cond, uncond = self.conditions(traj.prompts, s.guidance_scale)
         cond, uncond = cond[rows], (uncond[rows] if uncond is not None else None)
-        out = self._step(traj.states[:, idx].flatten(0, 1), idx.repeat(b), self.schedule(s), cond, uncond, s,
-                         flags.pop(), prev_sample=traj.states[:, idx + 1].flatten(0, 1))
+        cache = traj.extras.get("uncond")
+        p_u = None  # the rollout's unconditional outputs, while they are still this network's
+        if cache is not None and s == traj.extras.get("sampling") and cache.stamp == weights_stamp(self.adapter.module):
+            p_u = cache.pred[:, idx].flatten(0, 1).to(traj.states.device)  # [B*K, ...]
+        out, _ = self._step(traj.states[:, idx].flatten(0, 1), idx.repeat(b), self.schedule(s), cond, uncond, s,
+                            flags.pop(), prev_sample=traj.states[:, idx + 1].flatten(0, 1), p_u=p_u)
         if isinstance(steps, int):
             return StepLogProb(out.log_prob, out.mean, out.std)
         return StepLogProb(out.log_prob.view(b, k), out.mean.view(b, k, *out.mean.shape[1:]),
@@ -204,7 +243,7 @@ class DenoisingPolicy:
 
             def one(x_, i=i, step=step):
                 return self._step(x_, step, sched, cond, uncond, s, bool(traj.stochastic[i]),
-                                  noise=noise[:, i + 1]).prev_sample
+                                  noise=noise[:, i + 1])[0].prev_sample
 
             x = checkpoint(one, x, use_reentrant=False) if grad_checkpoint and torch.is_grad_enabled() else one(x)
         return x
@@ -218,7 +257,7 @@ class DenoisingPolicy:
         x = traj.states[:, step] if x is None else x
         i = torch.full((len(traj),), step, dtype=torch.long)
         cond, uncond = self.conditions(traj.prompts, s.guidance_scale)
-        pred = self.guided(x, self.model_time(sched, i).to(x.device), cond, uncond, s.guidance_scale)
+        pred, _ = self.guided(x, self.model_time(sched, i).to(x.device), cond, uncond, s.guidance_scale)
         return self._x0_math(x.float(), i, pred, sched)
 
     def renoise(self, traj: Trajectory, step: int, draw: int, sampling=None) -> torch.Tensor:

@@ -216,6 +216,13 @@ class Trainer:
                 ref_adapter = copy.deepcopy(adapter)
                 ref_adapter.module.requires_grad_(False)
                 self.ref_policy = make_policy(InstrumentedAdapter(ref_adapter, self.sw, self.instrumented), self.sampling)
+        if cfg.compile:  # in place (nn.Module.compile): parameters and state_dict keys stay as they are
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if cfg.compile_backend not in backends:
+                raise ValueError(f"train.compile_backend '{cfg.compile_backend}' is not a torch.compile backend; "
+                                 f"available: {', '.join(backends)}")
+            for net in [self.module] + ([ref_adapter.module] if self.ref_policy else []):
+                net.compile(backend=cfg.compile_backend, dynamic=False)
         self.reference = Reference(self.policy, self.module, self.ref_policy)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         decay = self.algorithm.old_ema
