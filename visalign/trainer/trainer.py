@@ -217,7 +217,7 @@ class Trainer:
                 ref_adapter.module.requires_grad_(False)
                 self.ref_policy = make_policy(InstrumentedAdapter(ref_adapter, self.sw, self.instrumented), self.sampling)
         if cfg.compile:  # in place (nn.Module.compile): parameters and state_dict keys stay as they are
-            backends = torch._dynamo.list_backends(exclude_tags=())
+            backends = [b for b in torch._dynamo.list_backends(exclude_tags=()) if not b.endswith("TESTING_ONLY")]
             if cfg.compile_backend not in backends:
                 raise ValueError(f"train.compile_backend '{cfg.compile_backend}' is not a torch.compile backend; "
                                  f"available: {', '.join(backends)}")
