@@ -29,8 +29,10 @@ tesseract:
 	  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then sudo apt-get install -y -q tesseract-ocr >/dev/null || { sudo apt-get update -q >/dev/null && sudo apt-get install -y -q tesseract-ocr >/dev/null; }; \
 	  else echo "note: tesseract is missing: install the package tesseract-ocr (Debian/Ubuntu: apt-get install tesseract-ocr) for the ocr reward; its tests will skip"; fi; }
 
+# The tests run on TEST_WORKERS pytest-xdist workers, each on 1 torch thread (tests/conftest.py): 2 = the 2 cores.
+TEST_WORKERS ?= 2
 test: $(STAMP) tesseract
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS)
 
 pretrain: $(STAMP)
 	$(BIN)/visalign pretrain shapes-flow-pretrain --out runs/pretrain-shapes-flow

@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -39,3 +40,12 @@ def tiny_ddpm_model():
 def tiny_vpred_model():
     """A randomly initialised built-in v-prediction model at 16x16 (builtin:shapes-ddpm's kind)."""
     return _tiny_model("v_prediction")
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (the OS picks it): the suite runs on several pytest-xdist
+    workers, so no test may assume a fixed port is free."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ batch), stops the run with a one-line error under on_failure=stop."""
 
 import json
 import logging
-import socket
 
 from visalign.cli import main
 from visalign.rewards.base import REWARDS, Reward
@@ -29,12 +28,6 @@ def _over(tiny_dir, run, *extra):
             "train.eval_every=2", "train.diagnose_every=0", *extra, "--out", str(run)]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_combine_components_are_logged_and_reported(tiny_flow_model, tmp_path):
     tiny_flow_model.save_pretrained(tmp_path / "tiny")
     run = tmp_path / "run"
@@ -51,9 +44,9 @@ def test_combine_components_are_logged_and_reported(tiny_flow_model, tmp_path):
     assert "Reward components" in html and "test_group_brightness" in html
 
 
-def test_remote_reward_with_a_dead_server_drops_or_stops(tiny_flow_model, tmp_path, caplog, capsys):
+def test_remote_reward_with_a_dead_server_drops_or_stops(tiny_flow_model, tmp_path, caplog, capsys, free_port):
     tiny_flow_model.save_pretrained(tmp_path / "tiny")
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port}"  # nothing listens there
     opts = [f"reward_options.url={url}", "reward_options.retries=1", "reward_options.backoff=0.01"]
     with caplog.at_level(logging.WARNING, logger="visalign.rewards.remote"):
         assert main(_over(tmp_path / "tiny", tmp_path / "drop", "reward=remote", *opts,

@@ -178,7 +178,7 @@ def test_nan_reward_skips_update_and_stops_after_limit(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["geneval-s-grpo", "geneval-s-nft", "geneval-s-ddpo", "geneval-s-online-dpo"])
-def test_two_processes_equal_one(tiny_dir, tiny_ddpm_dir, tmp_path, recipe):
+def test_two_processes_equal_one(tiny_dir, tiny_ddpm_dir, tmp_path, recipe, free_port):
     if recipe == "geneval-s-ddpo":  # the diffusion family, and DDPO's per-prompt statistics, across processes
         tiny_dir = tiny_ddpm_dir
     # online DPO pairs samples within a group: one group per process, minibatches of whole groups
@@ -191,7 +191,8 @@ def test_two_processes_equal_one(tiny_dir, tiny_ddpm_dir, tmp_path, recipe):
                           str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port)]  # not the fixed default: another xdist worker may launch too
     two = subprocess.run([*launcher, "-m", "visalign.cli", "train", recipe, *over, "--out",
                           str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
