@@ -1,7 +1,7 @@
 """visalign's DDPO vs trl 0.23.1's DDPOTrainer on identical work: seconds per epoch, their ratio, peak memory.
 
     .venv/bin/python benchmarks/vs_trl_ddpo.py [--samples-per-epoch 32] [--steps 20] [--minibatches 2]
-        [--lora-rank 4] [--epochs 4] [--rounds 2] [--json out.json]
+        [--lora-rank 4] [--epochs 4] [--rounds 2] [--threads 2] [--json out.json]
 
 Both sides train the same tiny random-weight StableDiffusionPipeline (visalign.models.tiny_diffusers "sd15":
 DDIMScheduler, 32x32 images, 16x16x4 latents), saved once to a local directory and loaded offline by each.
@@ -9,7 +9,8 @@ trl 0.23.1 (the last trl release with DDPOTrainer) is not a project dependency: 
 makes its own virtualenv, .bench/trl-venv (git-ignored), with torch==2.13.0 (CPU) and trl==0.23.1 plus the
 diffusers/transformers/peft/accelerate versions of the interpreter running this script, and runs
 benchmarks/_trl_ddpo_worker.py there. Each side runs in a fresh subprocess (its peak RSS is its own, read
-with os.wait4), on `--threads` torch threads (OMP_NUM_THREADS, VISALIGN_THREADS, torch.set_num_threads).
+with os.wait4), on `--threads` torch threads (OMP_NUM_THREADS, VISALIGN_THREADS, torch.set_num_threads;
+default 2, the machine's two cores: the sides never run at the same time).
 
 What is matched, and how (read from trl 0.23.1's trainer/ddpo_trainer.py and models/modeling_sd_base.py):
   - Epoch = sample N images, score them, per-prompt advantages, then M optimizer steps. visalign: one
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="epochs per side; the first is warm-up (default 4)")
     p.add_argument("--rounds", type=int, default=2,
                    help="runs per side, interleaved; each side reports its fastest round (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per side (default 1)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads per side (default 2: the 2 cores of the target machine; each side runs alone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="visalign with train.compile (torch.compile of the UNet; default on, --no-compile: eager)")
