@@ -21,8 +21,9 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/visalign train geneval-s-ar-grpo --out runs/demo
 
-# The `ocr` reward runs the tesseract binary (Debian package tesseract-ocr): installed when missing and apt-get
-# can run (root, or sudo without a password); otherwise a one-line note, and the OCR tests skip saying why.
+# The `ocr` reward runs tesseract (Debian package tesseract-ocr: its library; the tests also run its command):
+# installed when missing and apt-get can run (root, or sudo without a password); otherwise a one-line note, and
+# the OCR tests skip saying why.
 tesseract:
 	@command -v tesseract >/dev/null || { \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y -q tesseract-ocr >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q tesseract-ocr >/dev/null; }; \
