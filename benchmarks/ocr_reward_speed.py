@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from ar_kv_cache import best_time  # the script's folder is on sys.path
 from visalign.images import tensor_to_images
 from visalign.models.registry import load_model
 from visalign.policies import make_policy
@@ -43,15 +44,6 @@ def command_reads(images: np.ndarray) -> list[str]:
                               f"tessedit_char_whitelist={text.ALPHABET}"], capture_output=True, check=True,
                              env={**os.environ, "OMP_THREAD_LIMIT": "1"})
     return ["".join(p.split()) for p in res.stdout.decode().split("\f")[: len(images)]]
-
-
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
 
 
 def main() -> None:
