@@ -205,3 +205,16 @@ def test_a_hung_tesseract_times_out(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="tesseract did not answer within 1 s \\(reward option timeout\\)"):
         reward.read(np.full((3, 32, 64, 3), 255, np.uint8))
     assert reward.pool[0].proc is None  # the hung worker was killed
+
+
+@needs_tesseract
+def test_batches_from_several_threads_take_turns():
+    # one reward shared by threads (a reward server's handlers, a user's thread pool): each batch gets its own
+    # readings, never another batch's replies from the same worker pipe
+    from concurrent.futures import ThreadPoolExecutor
+    reward = load_reward("ocr", workers=2)
+    words = ["CAT", "DOG", "SUN", "HAT"]
+    batches = [np.stack([text.render(w, jitter=False)] * 5) for w in words]
+    with ThreadPoolExecutor(4) as threads:
+        reads = list(threads.map(reward.read, batches))
+    assert reads == [[w] * 5 for w in words]

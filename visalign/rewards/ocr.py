@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -179,11 +180,12 @@ class OCRReward(Reward):
             raise ValueError(f"ocr reward: workers must be >= 1, got {workers}")
         library = tesseract_library()
         self.pool = [TesseractWorker(library, text_world.ALPHABET, timeout) for _ in range(workers)]
+        self.lock = threading.Lock()  # a worker's pipe carries one batch at a time: callers on threads take turns
 
     def read(self, images: np.ndarray) -> list[str]:
         """uint8 [B, H, W, 3] -> what tesseract reads on each image; worker k reads the k-th of even shares."""
         shares = np.array_split(images, len(self.pool))  # sizes differ by at most one
-        with ThreadPoolExecutor(len(self.pool)) as threads:  # the work is in the worker processes
+        with self.lock, ThreadPoolExecutor(len(self.pool)) as threads:  # the work is in the worker processes
             reads = threads.map(lambda w, s: w.read([to_grey(im) for im in s]), self.pool, shares)
             return [r for rs in reads for r in rs]
 
