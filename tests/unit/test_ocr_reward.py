@@ -153,8 +153,9 @@ def test_a_batch_is_split_evenly_over_the_workers(monkeypatch):
     assert sorted(shares) == [2, 2, 2, 3]
 
 
-# A stand-in worker that speaks tesseract_worker.py's protocol: it reads "CA" on every image, and does what its
-# SCRIPT says on the image with that number (0-based): die of SIGFPE, hang, or exit 1 before it is ready.
+# A stand-in worker that speaks tesseract_worker.py's protocol: it reads "CA" on every image (with action "count":
+# A, B, C, ...), and on the image with number `at` (0-based) does what `action` says: die of SIGFPE or hang; with
+# "broken" it exits 1 before it is ready.
 FAKE = """
 import os, signal, struct, sys, time
 action, at = sys.argv[1], int(sys.argv[2])
@@ -171,7 +172,8 @@ while len(h := sys.stdin.buffer.read(8)) == 8:
         os.kill(os.getpid(), signal.SIGFPE)
     if n == at and action == "hang":
         time.sleep(60)
-    out.write(struct.pack("<I", 2) + b"CA"); out.flush()
+    reply = chr(65 + n).encode() if action == "count" else b"CA"  # count: A, B, C, ... in the order read
+    out.write(struct.pack("<I", len(reply)) + reply); out.flush()
     n += 1
 """
 
@@ -218,3 +220,24 @@ def test_batches_from_several_threads_take_turns():
     with ThreadPoolExecutor(4) as threads:
         reads = list(threads.map(reward.read, batches))
     assert reads == [[w] * 5 for w in words]
+
+
+def test_an_interrupted_batch_leaves_no_stale_replies(tmp_path, monkeypatch):
+    # a batch cut short (an exception between two replies) must not leave answers in the pipe for the next batch
+    reward = _fake_reward(tmp_path, monkeypatch, "count")
+    worker = reward.pool[0]
+    receive = worker._receive
+    calls = []
+
+    def interrupted(n):
+        calls.append(n)
+        if len(calls) == 4:  # READY, image 0's length and text, then image 1's length: 1 and 2 are in flight
+            raise KeyboardInterrupt
+        return receive(n)
+
+    monkeypatch.setattr(worker, "_receive", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        worker.read([np.full((4, 4), 255, np.uint8)] * 4)
+    assert worker.proc is None  # closed, so the next batch starts a fresh worker
+    monkeypatch.setattr(worker, "_receive", receive)
+    assert worker.read([np.full((4, 4), 255, np.uint8)] * 2) == ["A", "B"]  # not image 1's and 2's stale "B", "C"

@@ -115,6 +115,9 @@ class TesseractWorker:
                     raise self._failed() from None
                 self.close()
                 reads.append("")  # killed by a signal on this image: it reads as nothing
+            except BaseException:  # (an interrupt, say) requests may be left unanswered: a fresh worker next time
+                self.close()
+                raise
         return reads
 
     def _pipelined(self, greys: list[np.ndarray]):
