@@ -49,9 +49,9 @@ def cmd_eval(args) -> None:
 
     gen = load_generator(args.model)
     start = time.time()
-    result = evaluate(gen, args.per_category, args.seed)
+    result = evaluate(gen, args.per_category, args.seed, split="train" if args.split == "train" else "eval")
     result["seconds"] = round(time.time() - start, 2)
-    result["model"] = args.model
+    result["model"], result["split"] = args.model, args.split
     print(format_table(result))
     print(f"{result['n']} images in {result['seconds']:.1f} s")
     if args.out:
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True)
     e.add_argument("--per-category", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--split", choices=("held-out", "train"), default="held-out",
+                   help="the prompts: held-out (the benchmark) or train (how much of a gain is memorised)")
     e.add_argument("--out", default=None, help="eval.json")
     e.set_defaults(fn=cmd_eval)
 

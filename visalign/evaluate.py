@@ -13,11 +13,11 @@ from .world import grammar, verify
 from .world.vocab import CATEGORIES
 
 
-def eval_items(per_category: int, seed: int) -> list[tuple[str, str, int]]:
-    """[(category, prompt, seed)] in a fixed order."""
+def eval_items(per_category: int, seed: int, split: str = "eval") -> list[tuple[str, str, int]]:
+    """[(category, prompt, seed)] in a fixed order (split: eval = the held-out prompts, or train)."""
     from .prompts import load_prompt_set
 
-    return load_prompt_set("geneval-s").eval_items(per_category, seed)
+    return load_prompt_set("geneval-s").eval_items(per_category, seed, split)
 
 
 def score_images(images: np.ndarray, prompts: list[str]) -> list[verify.Verdict]:
@@ -32,11 +32,13 @@ def summarize(categories: list[str], verdicts: list[verify.Verdict]) -> dict:
             "partial": partial}
 
 
-def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bool = False) -> dict:
-    """Run a generator (generate(prompts, seeds) -> uint8 [B, H, W, 3]) on the eval set."""
+def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bool = False,
+             split: str = "eval") -> dict:
+    """Run a generator (generate(prompts, seeds) -> uint8 [B, H, W, 3]) on the eval set (split "train": on the
+    train prompts instead, with the same seeds)."""
     if per_category < 1:
         raise ValueError(f"per_category must be >= 1, got {per_category}")
-    items = eval_items(per_category, seed)
+    items = eval_items(per_category, seed, split)
     cats, prompts, seeds = zip(*items)
     images = generator.generate(list(prompts), list(seeds))
     verdicts = score_images(images, list(prompts))

@@ -33,11 +33,15 @@ class PromptSet:
     def categories(self) -> list[str]:
         return list(self.train)
 
-    def eval_items(self, per_category: int, seed: int) -> list[tuple[str, str, int]]:
-        """[(category, prompt, seed)] in a fixed order: item i of category c is eval prompt i mod n_c with seed
-        seed * 1_000_000 + 10_000 c + i (for geneval-s, exactly visalign.evaluate's items)."""
+    def eval_items(self, per_category: int, seed: int, split: str = "eval") -> list[tuple[str, str, int]]:
+        """[(category, prompt, seed)] in a fixed order: item i of category c is prompt i mod n_c of the split
+        ("eval": the held-out prompts; "train": the train prompts, to see how much of a gain is memorised) with
+        seed seed * 1_000_000 + 10_000 c + i (for geneval-s, exactly visalign.evaluate's items)."""
+        if split not in ("eval", "train"):
+            raise ValueError(f"split '{split}' is not one of eval (the held-out prompts), train")
+        prompts = self.eval if split == "eval" else self.train
         return [(cat, ps[i % len(ps)], seed * 1_000_000 + 10_000 * ci + i)
-                for ci, (cat, ps) in enumerate(self.eval.items()) for i in range(per_category)]
+                for ci, (cat, ps) in enumerate(prompts.items()) for i in range(per_category)]
 
 
 def _split(prompts: list[str], name: str) -> tuple[list[str], list[str]]:

@@ -16,6 +16,24 @@ def test_eval_oracle_writes_json(tmp_path, capsys):
     assert "overall" in capsys.readouterr().out
 
 
+def test_eval_on_the_train_split_uses_the_train_prompts_with_the_same_seeds(tmp_path):
+    from visalign.evaluate import eval_items
+    from visalign.prompts import load_prompt_set
+
+    ps = load_prompt_set("geneval-s")
+    train, held = eval_items(9, 0, "train"), eval_items(9, 0)
+    assert [(c, s) for c, _, s in train] == [(c, s) for c, _, s in held]  # same categories, same seeds
+    for (cat, p, _), (_, q, _) in zip(train, held):
+        assert p in ps.train[cat] and q in ps.eval[cat]
+    assert {p for _, p, _ in train}.isdisjoint(p for _, p, _ in held)  # the splits share no prompt
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "oracle", "--per-category", "3", "--split", "train", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["split"] == "train" and res["n"] == 18 and res["overall"] == 1.0
+    with pytest.raises(ValueError, match="split 'test' is not one of eval .*, train"):
+        eval_items(1, 0, "test")
+
+
 def test_sample_writes_grid(tmp_path):
     out = tmp_path / "grid.png"
     assert main(["sample", "--model", "oracle", "--prompt", "a red circle", "--prompt", "two stars", "--n", "3",
