@@ -5,6 +5,7 @@ error when the binary is missing."""
 import ctypes.util
 import shutil
 import subprocess
+import struct
 import sys
 
 import cv2
@@ -241,3 +242,21 @@ def test_an_interrupted_batch_leaves_no_stale_replies(tmp_path, monkeypatch):
     assert worker.proc is None  # closed, so the next batch starts a fresh worker
     monkeypatch.setattr(worker, "_receive", receive)
     assert worker.read([np.full((4, 4), 255, np.uint8)] * 2) == ["A", "B"]  # not image 1's and 2's stale "B", "C"
+
+
+def test_a_library_that_does_not_load_is_one_line():
+    # the real worker script, given a library name the loader does not know: exit 1 with one line on stderr
+    worker = ocr_module.TesseractWorker("libnosuch-tesseract.so.0", text.ALPHABET, timeout=60)
+    with pytest.raises(RuntimeError, match="tesseract failed \\(exit 1\\): libnosuch-tesseract.so.0: .*cannot open"):
+        worker.read([np.full((4, 4), 255, np.uint8)])
+    assert worker.proc is None
+
+
+@needs_tesseract
+def test_the_worker_never_reads_a_short_image():
+    # a reader that goes away mid-image: the worker stops at the short buffer instead of handing it to tesseract
+    script = ocr_module.WORKER_SCRIPT
+    proc = subprocess.run([sys.executable, str(script), ctypes.util.find_library("tesseract"), text.ALPHABET],
+                          input=struct.pack("<II", 40, 40) + bytes(100), capture_output=True, timeout=60,
+                          env={"OMP_THREAD_LIMIT": "1"})
+    assert proc.returncode == 0 and proc.stdout == ocr_module.READY  # ready, then no reply

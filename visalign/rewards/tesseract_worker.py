@@ -64,7 +64,10 @@ def main(library: str, whitelist: str) -> int:
     stdout.flush()
     while len(header := stdin.read(8)) == 8:
         height, width = struct.unpack("<II", header)
-        text = read(stdin.read(height * width), width, height).encode()
+        pixels = stdin.read(height * width)
+        if len(pixels) != height * width:  # the reader went away mid-image: never hand tesseract a short buffer
+            break
+        text = read(pixels, width, height).encode()
         stdout.write(struct.pack("<I", len(text)) + text)
         stdout.flush()
     return 0
