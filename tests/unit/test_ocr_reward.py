@@ -1,6 +1,7 @@
 """The `ocr` reward with the real tesseract (Debian tesseract-ocr): the edit-distance score on hand-worked
 pairs, >= 0.95 on clean renders of the text task, lower and lower as more letters are corrupted, and a clear
-error when the binary is missing."""
+error when tesseract is missing; the persistent workers: what the `tesseract` command reads, crashes, hangs, failures,
+interrupted batches, callers on several threads."""
 
 import ctypes.util
 import shutil
@@ -109,7 +110,8 @@ def test_the_workers_read_what_the_tesseract_command_reads(tmp_path):
     # the persistent workers drive tesseract's library; the `tesseract` command is the reference reading (same
     # page segmentation mode, whitelist and image). Sign-like images of every quality: renders with noise and
     # blur, as a half-trained model draws them.
-    if shutil.which("tesseract") is None:
+    command_path = shutil.which("tesseract")
+    if command_path is None:
         pytest.skip("the tesseract command is absent")
     rng = np.random.default_rng(3)
     words = list(text.WORDS[1::7])
@@ -124,9 +126,9 @@ def test_the_workers_read_what_the_tesseract_command_reads(tmp_path):
         paths.append(str(tmp_path / f"{i:03d}.png"))
         cv2.imwrite(paths[-1], ocr_module.to_grey(img))
     (tmp_path / "pages.txt").write_text("\n".join(paths) + "\n")
-    res = subprocess.run(["tesseract", str(tmp_path / "pages.txt"), "stdout", "--psm", "7", "-c",
+    res = subprocess.run([command_path, str(tmp_path / "pages.txt"), "stdout", "--psm", "7", "-c",
                           f"tessedit_char_whitelist={text.ALPHABET}"], capture_output=True, check=True,
-                         env={"OMP_THREAD_LIMIT": "1", "PATH": "/usr/bin:/bin"})
+                         env={"OMP_THREAD_LIMIT": "1"})
     command = ["".join(page.split()) for page in res.stdout.decode().split("\f")[: len(images)]]
     assert reads == command
     assert sum(r == w for r, w in zip(reads, words)) < len(words)  # not all clean: the images test the engine
