@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import torch
 
@@ -27,23 +24,8 @@ from visalign.images import tensor_to_images
 from visalign.models.registry import load_model
 from visalign.policies import make_policy
 from visalign.rewards import load_reward
-from visalign.rewards.ocr import to_grey
+from visalign.rewards.ocr import read_with_command
 from visalign.world import text
-
-
-def command_reads(images: np.ndarray) -> list[str]:
-    """The baseline: one `tesseract` process reads every image of a share, from a list of PNG files."""
-    with tempfile.TemporaryDirectory(prefix="ocr-bench-") as d:
-        paths = []
-        for i, img in enumerate(images):
-            paths.append(os.path.join(d, f"{i:05d}.png"))
-            cv2.imwrite(paths[-1], to_grey(img))
-        with open(os.path.join(d, "pages.txt"), "w") as f:
-            f.write("\n".join(paths) + "\n")
-        res = subprocess.run(["tesseract", os.path.join(d, "pages.txt"), "stdout", "--psm", "7", "-c",
-                              f"tessedit_char_whitelist={text.ALPHABET}"], capture_output=True, check=True,
-                             env={**os.environ, "OMP_THREAD_LIMIT": "1"})
-    return ["".join(p.split()) for p in res.stdout.decode().split("\f")[: len(images)]]
 
 
 def main() -> None:
@@ -66,7 +48,7 @@ def main() -> None:
 
     def baseline():
         with ThreadPoolExecutor(a.workers) as threads:
-            return [r for rs in threads.map(command_reads, np.array_split(images, a.workers)) for r in rs]
+            return [r for rs in threads.map(read_with_command, np.array_split(images, a.workers)) for r in rs]
 
     t_command, command = best_time(baseline, a.repeats)
     if reads != command:

@@ -121,15 +121,7 @@ def test_the_workers_read_what_the_tesseract_command_reads(tmp_path):
         img = cv2.GaussianBlur(img, (3, 3), 0.3 + 0.3 * (i % 4)) + rng.normal(0, 12 * (i % 5), img.shape)
         images.append(np.clip(img, 0, 255).astype(np.uint8))
     reads = load_reward("ocr").read(np.stack(images))
-    paths = []
-    for i, img in enumerate(images):  # one command reads them all: a list of image files, one page each
-        paths.append(str(tmp_path / f"{i:03d}.png"))
-        cv2.imwrite(paths[-1], ocr_module.to_grey(img))
-    (tmp_path / "pages.txt").write_text("\n".join(paths) + "\n")
-    res = subprocess.run([command_path, str(tmp_path / "pages.txt"), "stdout", "--psm", "7", "-c",
-                          f"tessedit_char_whitelist={text.ALPHABET}"], capture_output=True, check=True,
-                         env={"OMP_THREAD_LIMIT": "1"})
-    command = ["".join(page.split()) for page in res.stdout.decode().split("\f")[: len(images)]]
+    command = ocr_module.read_with_command(np.stack(images), command_path)
     assert reads == command
     assert sum(r == w for r, w in zip(reads, words)) < len(words)  # not all clean: the images test the engine
 

@@ -132,9 +132,8 @@ class TesseractWorker:
             yield self._receive(struct.unpack("<I", self._receive(4))[0]).decode(errors="replace")
 
     def _wait(self, fd: int, writing: bool, deadline: float) -> None:
-        ready = select.select([], [fd], [], max(0.0, deadline - time.monotonic())) if writing else \
-            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not any(ready):
+        reading_fds, writing_fds = ([], [fd]) if writing else ([fd], [])
+        if not any(select.select(reading_fds, writing_fds, [], max(0.0, deadline - time.monotonic()))):
             self.close()
             raise RuntimeError(f"tesseract did not answer within {self.timeout:g} s (reward option timeout)")
 
@@ -168,6 +167,21 @@ class TesseractWorker:
             for f in (self.proc.stdin, self.proc.stdout, self.stderr):
                 f.close()
         self.proc = None
+
+
+def read_with_command(images: np.ndarray, command: str = "tesseract") -> list[str]:
+    """uint8 [B, H, W, 3] -> what one `tesseract` command reads on each image (a list of PNG files, one page
+    each): the reference the workers are tested and benchmarked against, and how this reward read before them."""
+    with tempfile.TemporaryDirectory(prefix="visalign-ocr-") as d:
+        paths = [os.path.join(d, f"{i:05d}.png") for i in range(len(images))]
+        for path, img in zip(paths, images):
+            cv2.imwrite(path, to_grey(img))
+        with open(os.path.join(d, "pages.txt"), "w") as f:
+            f.write("\n".join(paths) + "\n")
+        res = subprocess.run([command, os.path.join(d, "pages.txt"), "stdout", "--psm", "7", "-c",
+                              f"tessedit_char_whitelist={text_world.ALPHABET}"], capture_output=True, check=True,
+                             env={**os.environ, "OMP_THREAD_LIMIT": "1"})
+    return ["".join(page.split()) for page in res.stdout.decode(errors="replace").split("\f")[: len(images)]]
 
 
 class OCRReward(Reward):
