@@ -213,6 +213,10 @@ def cmd_serve_reward(args) -> None:
     serve(args.name, args.port, options, args.host, args.device)
 
 
+MODEL_HELP = ("model spec; sampler options may follow it: builtin:shapes-flow?steps=10&guidance=4, "
+              "builtin:shapes-ddpm?kind=ddim&eta=1&steps=10 (the stochastic sampler a DDPO run trains)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visalign", description="RL fine-tuning of visual generative models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="models, recipes").set_defaults(fn=cmd_list)
 
     s = sub.add_parser("sample", help="sample a grid of images")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--prompt", required=True, action="append", help="repeat for several rows")
     s.add_argument("--n", type=int, default=8, help="images per prompt")
     s.add_argument("--seed", type=int, default=0)
@@ -228,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("eval", help="GenEval-S on the held-out eval prompts")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--per-category", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--split", choices=("held-out", "train"), default="held-out",
@@ -261,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(fn=cmd_export)
 
     mp = sub.add_parser("make-pairs", help="sample a preference-pairs dataset (for diffusion_dpo) ranked by a reward")
-    mp.add_argument("--model", required=True, help="model spec, sampler options allowed: builtin:shapes-flow?steps=10")
+    mp.add_argument("--model", required=True, help=MODEL_HELP)
     mp.add_argument("--reward", default="geneval_s")
     mp.add_argument("--reward-option", action="append", default=[], help="key=value, repeatable")
     mp.add_argument("--prompts", default="geneval-s", help="prompt set; its train prompts, categories in turn")

@@ -40,15 +40,26 @@ class OracleGenerator:
 
 
 class PolicyGenerator:
-    """Any model adapter sampled by its family's policy with the deterministic sampler and CFG."""
+    """Any model adapter sampled by its family's policy with the deterministic sampler and CFG, or with
+    another of the family's samplers picked by SAMPLER_OPTIONS (kind=ddim&eta=1: the stochastic DDIM a DDPO
+    run trains; its noise comes from each sample's seed, so such an evaluation still repeats exactly)."""
 
     def __init__(self, adapter, steps: int | None = None, guidance: float | None = None, batch_size: int = 128,
-                 validate: bool = True):
+                 validate: bool = True, **sampler):
+        import dataclasses
+
         from ..policies import make_policy
 
         self.adapter = adapter
         self.policy = make_policy(adapter)
         self.sampling = self.policy.eval_sampling(steps, guidance)
+        fields = {f.name for f in dataclasses.fields(self.sampling)}
+        bad = sorted(set(sampler) - (fields & set(SAMPLER_OPTIONS)))
+        if bad:
+            takes = ["steps", "guidance", "batch_size"] + [o for o in SAMPLER_OPTIONS if o in fields]
+            raise ValueError(f"sampler options {bad} do not apply to a {type(self.policy).__name__}; its sampler "
+                             f"takes: {', '.join(takes)}")
+        self.sampling = dataclasses.replace(self.sampling, **sampler)  # the Sampling checks the values
         self.batch_size = batch_size
         self.validate = validate  # prompts must parse in the model's world task (a clear error for a typo)
         self.parse = getattr(adapter, "parse_prompt", grammar.parse_prompt)  # built-in text models: the text grammar
@@ -164,12 +175,14 @@ def load_model(spec: str):
         raise ValueError(f"model '{name}' does not take options {sorted(opts)}: {e}") from None
 
 
-GENERATOR_OPTIONS = ("steps", "guidance", "batch_size")
+SAMPLER_OPTIONS = ("kind", "eta", "noise_level", "shift")  # fields of a family's Sampling, where it has them
+GENERATOR_OPTIONS = ("steps", "guidance", "batch_size", *SAMPLER_OPTIONS)
 
 
 def load_generator(spec: str):
     """A model spec -> generate(prompts, seeds) -> uint8 [B, H, W, 3]. Sampler options (steps, guidance,
-    batch_size) may follow the name: 'builtin:shapes-flow?steps=10&guidance=4'."""
+    batch_size; kind, eta, noise_level, shift where the family's sampler has them) may follow the name:
+    'builtin:shapes-flow?steps=10&guidance=4', 'builtin:shapes-ddpm?kind=ddim&eta=1&steps=10'."""
     name, opts = _split(spec)
     gen_opts = {k: opts.pop(k) for k in GENERATOR_OPTIONS if k in opts}
     model_spec = name + ("?" + "&".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
