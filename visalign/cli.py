@@ -44,14 +44,25 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import evaluate, format_table
+    from .evaluate import evaluate, evaluate_reward, format_table
     from .models.registry import load_generator
+    from .prompts import load_prompt_set
+    from .rewards import load_reward
 
+    prompt_set = load_prompt_set(args.prompts)
+    if args.reward is None and not prompt_set.verifier:
+        raise ValueError(f"prompt set '{args.prompts}' has no verifier; give --reward NAME to score it (e.g. --reward "
+                         f"ocr for text)")
     gen = load_generator(args.model)
+    split = "train" if args.split == "train" else "eval"
     start = time.time()
-    result = evaluate(gen, args.per_category, args.seed, split="train" if args.split == "train" else "eval")
+    if args.reward is None:  # GenEval-S: the exact verifier
+        result = evaluate(gen, args.per_category, args.seed, split=split)
+    else:  # the mean of the reward over the set's items, images and prompts left out of eval.json
+        result = evaluate_reward(gen, load_reward(args.reward), prompt_set, args.per_category, args.seed, split)
+        result = {k: v for k, v in result.items() if k not in ("images", "prompts")}
     result["seconds"] = round(time.time() - start, 2)
-    result["model"], result["split"] = args.model, args.split
+    result.update(model=args.model, split=args.split, prompt_set=args.prompts, reward=args.reward)
     print(format_table(result))
     print(f"{result['n']} images in {result['seconds']:.1f} s")
     if args.out:
@@ -231,8 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="grid.png")
     s.set_defaults(fn=cmd_sample)
 
-    e = sub.add_parser("eval", help="GenEval-S on the held-out eval prompts")
+    e = sub.add_parser("eval", help="GenEval-S (or a prompt set's mean reward) on the held-out eval prompts")
     e.add_argument("--model", required=True, help=MODEL_HELP)
+    e.add_argument("--prompts", default="geneval-s", help="prompt set: geneval-s (the exact verifier), text, animals, "
+                   "file:PATH")
+    e.add_argument("--reward", default=None, help="score by this reward's mean instead of the verifier (a set without "
+                   "one needs it: --prompts text --reward ocr)")
     e.add_argument("--per-category", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--split", choices=("held-out", "train"), default="held-out",

@@ -50,16 +50,16 @@ def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bo
     return result
 
 
-def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed: int = 0) -> dict:
-    """A prompt set without a verifier: the mean of `reward` over its eval items, per category and overall
-    (the same result layout as evaluate(), images included)."""
+def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed: int = 0, split: str = "eval") -> dict:
+    """A prompt set without a verifier: the mean of `reward` over its eval items (split "train": its train
+    prompts, same seeds), per category and overall (the same result layout as evaluate(), images included)."""
     import torch
 
     from .images import images_to_tensor
 
     if per_category < 1:
         raise ValueError(f"per_category must be >= 1, got {per_category}")
-    cats, prompts, seeds = zip(*prompt_set.eval_items(per_category, seed))
+    cats, prompts, seeds = zip(*prompt_set.eval_items(per_category, seed, split))
     images = generator.generate(list(prompts), list(seeds))
     scores = torch.cat([reward(images_to_tensor(images[i : i + 64]), list(prompts[i : i + 64])).scores.float().cpu()
                         for i in range(0, len(prompts), 64)])

@@ -75,3 +75,29 @@ def test_ar_ocr_recipe_runs_on_held_out_words(tiny_text_token_model, tmp_path, c
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert list(rows[0]["eval_categories"]) == ["text"] and 0 <= rows[-1]["eval_overall"] <= 1
     assert 0 <= rows[-1]["reward_mean"] <= 1
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="the tesseract binary is absent (Debian package "
+                    "tesseract-ocr; `make test` and .ci/run install it)")
+def test_eval_scores_a_prompt_set_by_its_reward(tmp_path, capsys):
+    """`visalign eval --prompts text --reward ocr` is the trainer's held-out evaluation of an OCR run (the same
+    items, generator and reward), on either split; a set without a verifier and no --reward is one line."""
+    from visalign.evaluate import evaluate_reward
+    from visalign.models.registry import PolicyGenerator, load_model
+    from visalign.prompts import load_prompt_set
+    from visalign.rewards import load_reward
+
+    texts = load_prompt_set("text")
+    gen, ocr = PolicyGenerator(load_model("builtin:text-ar")), load_reward("ocr")
+    for split, words in (("held-out", texts.eval["text"]), ("train", texts.train["text"])):
+        out = tmp_path / f"{split}.json"
+        assert main(["eval", "--model", "builtin:text-ar", "--prompts", "text", "--reward", "ocr", "--per-category",
+                     "6", "--seed", "2", "--split", split, "--out", str(out)]) == 0
+        res = json.loads(out.read_text())
+        want = evaluate_reward(gen, ocr, texts, 6, 2, "train" if split == "train" else "eval")
+        assert res["overall"] == pytest.approx(want["overall"]) and res["n"] == 6 and list(res["categories"]) == ["text"]
+        assert set(want["prompts"]) <= set(words) and res["prompt_set"] == "text" and res["reward"] == "ocr"
+    capsys.readouterr()
+    assert main(["eval", "--model", "builtin:text-ar", "--prompts", "text"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no verifier; give --reward NAME" in err and "\n" not in err
