@@ -69,3 +69,14 @@ def test_ddpo_raises_compressibility_on_a_tiny_random_sd_pipeline(tmp_path):
     before, after = _tiny_sd_ddpo(tmp_path, "compressibility")  # minus JPEG kB on 64 held-out samples
     # measured: 1.603 kB -> 1.557 kB (first machine), 1.562 kB (second); seed 2: 1.528 kB
     assert after > before + 0.025, (before, after)
+
+
+def test_eval_scores_a_diffusers_model_on_animals_by_compressibility(tmp_path, capsys):
+    """`visalign eval --prompts animals --reward compressibility` on a tiny SD pipeline: the set's prompts are not
+    held to the shapes world's words (as in the trainer's evaluation)."""
+    save_tiny_pipeline("sd15", tmp_path / "sd")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", f"diffusers:{tmp_path / 'sd'}?steps=2", "--prompts", "animals", "--reward",
+                 "compressibility", "--per-category", "2", "--out", str(out)]) == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["n"] == 2 and list(res["categories"]) == ["animals"] and -3.0 < res["overall"] < 0.0  # minus JPEG kB
