@@ -53,9 +53,9 @@ def cmd_eval(args) -> None:
     if args.reward is None and not prompt_set.verifier:
         raise ValueError(f"prompt set '{args.prompts}' has no verifier; give --reward NAME to score it (e.g. --reward "
                          f"ocr for text)")
-    gen = load_generator(args.model)
-    if hasattr(gen, "validate"):  # as the trainer's evaluation: the set's own prompts need no world grammar
-        gen.validate = prompt_set.verifier  # (a diffusers model on `animals` must not be held to the shapes words)
+    # as the trainer's evaluation: a set's own prompts are held to the world grammar only where it has a verifier
+    # (a diffusers model on `animals` must not be held to the shapes words)
+    gen = load_generator(args.model, validate=prompt_set.verifier)
     split = "train" if args.split == "train" else "eval"
     start = time.time()
     if args.reward is None:  # GenEval-S: the exact verifier

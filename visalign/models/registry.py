@@ -179,10 +179,11 @@ SAMPLER_OPTIONS = ("kind", "eta", "noise_level", "shift")  # fields of a family'
 GENERATOR_OPTIONS = ("steps", "guidance", "batch_size", *SAMPLER_OPTIONS)
 
 
-def load_generator(spec: str):
+def load_generator(spec: str, validate: bool = True):
     """A model spec -> generate(prompts, seeds) -> uint8 [B, H, W, 3]. Sampler options (steps, guidance,
     batch_size; kind, eta, noise_level, shift where the family's sampler has them) may follow the name:
-    'builtin:shapes-flow?steps=10&guidance=4', 'builtin:shapes-ddpm?kind=ddim&eta=1&steps=10'."""
+    'builtin:shapes-flow?steps=10&guidance=4', 'builtin:shapes-ddpm?kind=ddim&eta=1&steps=10'. validate: hold
+    prompts to the model's world grammar (PolicyGenerator)."""
     name, opts = _split(spec)
     gen_opts = {k: opts.pop(k) for k in GENERATOR_OPTIONS if k in opts}
     model_spec = name + ("?" + "&".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
@@ -191,4 +192,4 @@ def load_generator(spec: str):
         if gen_opts:
             raise ValueError(f"model '{name}' takes no sampler options {sorted(gen_opts)}")
         return obj
-    return PolicyGenerator(obj, **gen_opts)
+    return PolicyGenerator(obj, validate=validate, **gen_opts)
