@@ -44,10 +44,12 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import evaluate, evaluate_reward, format_table
+    import numpy as np
+
+    from .evaluate import evaluate, evaluate_reward, format_table, reward_scores
     from .models.registry import load_generator
     from .prompts import load_prompt_set
-    from .rewards import load_reward
+    from .rewards import load_reward_spec
 
     prompt_set = load_prompt_set(args.prompts)
     if args.reward is None and not prompt_set.verifier:
@@ -58,14 +60,24 @@ def cmd_eval(args) -> None:
     gen = load_generator(args.model, validate=prompt_set.verifier)
     split = "train" if args.split == "train" else "eval"
     start = time.time()
-    if args.reward is None:  # GenEval-S: the exact verifier
-        result = evaluate(gen, args.per_category, args.seed, split=split)
-    else:  # the mean of the reward over the set's items, images and prompts left out of eval.json
-        result = evaluate_reward(gen, load_reward(args.reward), prompt_set, args.per_category, args.seed, split)
-        result = {k: v for k, v in result.items() if k not in ("images", "prompts")}
+    judges = {spec: load_reward_spec(spec) for spec in args.judge}
+    if args.reward is None:  # GenEval-S: the verifier (GenEval's rules and the exact reading)
+        result = evaluate(gen, args.per_category, args.seed, return_images=bool(judges), split=split)
+    else:  # the mean of the reward over the set's items
+        result = evaluate_reward(gen, load_reward_spec(args.reward), prompt_set, args.per_category, args.seed, split)
+    if judges:
+        cats = [c for c, _, _ in prompt_set.eval_items(args.per_category, args.seed, split)]
+        result["judges"] = {}
+        for spec, judge in judges.items():
+            scores = reward_scores(judge, result["images"], result["prompts"])  # [N]
+            per = {c: float(scores[[i for i, k in enumerate(cats) if k == c]].mean()) for c in result["categories"]}
+            result["judges"][spec] = {"overall": float(np.mean(list(per.values()))), "categories": per}
+    result = {k: v for k, v in result.items() if k not in ("images", "prompts", "scores", "correct", "readings")}
     result["seconds"] = round(time.time() - start, 2)
     result.update(model=args.model, split=args.split, prompt_set=args.prompts, reward=args.reward)
     print(format_table(result))
+    for spec, j in result.get("judges", {}).items():
+        print(f"judge {spec}: overall {j['overall']:.3f}; " + ", ".join(f"{c} {v:.3f}" for c, v in j["categories"].items()))
     print(f"{result['n']} images in {result['seconds']:.1f} s")
     if args.out:
         atomic_write_bytes(Path(args.out), json.dumps(result, indent=2).encode())
@@ -126,13 +138,15 @@ def cmd_train(args) -> None:
     recipe, resolved = load_train_recipe(args.recipe, args.overrides)
     dist = Distributed()
     trainer = Trainer(recipe, resolved, args.out, resume=args.resume, dist=dist)
-    records = trainer.train()
+    trainer.train()
     if dist.is_main:
+        from .monitor import summary_lines
         from .report import write_report
+        from .trainer.logging import read_metrics
 
-        evals = [r for r in records if "eval_overall" in r]
+        evals = [r for r in read_metrics(Path(args.out)) if "eval_overall" in r]  # the base too, after a resume
         if evals:
-            print(f"held-out {trainer.eval_label}: {evals[0]['eval_overall']:.3f} -> {evals[-1]['eval_overall']:.3f}")
+            print("\n".join(summary_lines(evals[0], evals[-1], trainer.eval_label)))
         print(f"report: {write_report(args.out)}")
     dist.shutdown()
 
@@ -246,10 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="GenEval-S (or a prompt set's mean reward) on the held-out eval prompts")
     e.add_argument("--model", required=True, help=MODEL_HELP)
-    e.add_argument("--prompts", default="geneval-s", help="prompt set: geneval-s (the exact verifier), text, animals, "
+    e.add_argument("--prompts", default="geneval-s", help="prompt set: geneval-s (the verifier: GenEval's rules and the "
+                   "exact reading), text, animals, "
                    "file:PATH")
     e.add_argument("--reward", default=None, help="score by this reward's mean instead of the verifier (a set without "
-                   "one needs it: --prompts text --reward ocr)")
+                   "one needs it: --prompts text --reward ocr); options as in model specs: 'ocr?psm=8&preprocess=otsu'")
+    e.add_argument("--judge", action="append", default=[], metavar="REWARD",
+                   help="also score the same images by this reward, per category (repeatable): e.g. geneval_s_learned")
     e.add_argument("--per-category", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--split", choices=("held-out", "train"), default="held-out",

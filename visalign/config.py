@@ -251,9 +251,14 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EvalSampling:
+class EvalConfig:
+    """The held-out evaluation's sampler and its judges (visalign/monitor.py)."""
+
     steps: int | None = None  # None: the model's default
     guidance: float | None = None
+    # rewards the run does not train on that score the held-out samples beside the training reward, as reward
+    # specs ('geneval_s_learned', 'ocr?psm=8&preprocess=otsu'); None: the prompt set's defaults; []: none
+    judges: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -268,7 +273,7 @@ class TrainRecipe:
     algorithm_options: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)  # the policy's rollout sampler (FlowSampling / DiffusionSampling fields)
     data: str = ""  # offline algorithms (diffusion_dpo): a pairs dataset directory made by `visalign make-pairs`
-    eval: EvalSampling = field(default_factory=EvalSampling)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -24,12 +24,23 @@ def score_images(images: np.ndarray, prompts: list[str]) -> list[verify.Verdict]
     return [verify.verify(img, grammar.parse_prompt(p)) for img, p in zip(images, prompts)]
 
 
+def _per_category(categories: list[str], values: list[float]) -> dict[str, float]:
+    per = {c: [v for cat, v in zip(categories, values) if cat == c] for c in CATEGORIES}
+    return {c: float(np.mean(s)) if s else 0.0 for c, s in per.items()}
+
+
 def summarize(categories: list[str], verdicts: list[verify.Verdict]) -> dict:
-    per = {c: [v.score for cat, v in zip(categories, verdicts) if cat == c] for c in CATEGORIES}
-    cats = {c: float(np.mean(s)) if s else 0.0 for c, s in per.items()}
-    partial = float(np.mean([v.partial for v in verdicts])) if verdicts else 0.0
-    return {"overall": float(np.mean(list(cats.values()))), "categories": cats, "n": len(verdicts),
-            "partial": partial}
+    """Both readings per category and overall (mean of the six, as GenEval): `categories` / `overall` under
+    GenEval's rules, `exact_*` under the exact reading; `extra_*` objects nobody asked for per image, `stray`
+    foreground share outside the named objects, `partial` GenEval's partial credit."""
+    cats = _per_category(categories, [v.score for v in verdicts])
+    exact = _per_category(categories, [float(v.exact) for v in verdicts])
+    extra = _per_category(categories, [float(v.extra) for v in verdicts])
+    mean = lambda xs: float(np.mean(xs)) if verdicts else 0.0  # noqa: E731
+    return {"overall": mean(list(cats.values())), "categories": cats, "n": len(verdicts),
+            "exact": mean(list(exact.values())), "exact_categories": exact,
+            "extra": mean([v.extra for v in verdicts]), "extra_categories": extra,
+            "stray": mean([v.stray for v in verdicts]), "partial": mean([v.partial for v in verdicts])}
 
 
 def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bool = False,
@@ -47,25 +58,40 @@ def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bo
         result["images"] = images
         result["prompts"] = list(prompts)
         result["correct"] = [v.correct for v in verdicts]
+        result["readings"] = readings(verdicts)
     return result
 
 
-def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed: int = 0, split: str = "eval") -> dict:
-    """A prompt set without a verifier: the mean of `reward` over its eval items (split "train": its train
-    prompts, same seeds), per category and overall (the same result layout as evaluate(), images included)."""
+def readings(verdicts: list[verify.Verdict]) -> dict[str, np.ndarray]:
+    """The verifier's per-image readings [N] the hacking monitor watches (visalign/monitor.py)."""
+    return {"geneval_rules": np.array([v.score for v in verdicts]), "exact": np.array([float(v.exact) for v in verdicts]),
+            "extra": np.array([float(v.extra) for v in verdicts])}
+
+
+def reward_scores(reward, images: np.ndarray, prompts: list[str], batch: int = 64) -> np.ndarray:
+    """A reward's per-image scores [N] of uint8 images [N, H, W, 3], in batches (no grouping metadata: a
+    `combine` reward gives its raw weighted sum, comparable across evaluations)."""
     import torch
 
     from .images import images_to_tensor
 
+    with torch.no_grad():
+        return torch.cat([reward(images_to_tensor(images[i : i + batch]), list(prompts[i : i + batch])).scores.float().cpu()
+                          for i in range(0, len(prompts), batch)]).numpy()
+
+
+def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed: int = 0, split: str = "eval") -> dict:
+    """A prompt set without a verifier: the mean of `reward` over its eval items (split "train": its train
+    prompts, same seeds), per category and overall (the same result layout as evaluate(), images and per-image
+    scores included)."""
     if per_category < 1:
         raise ValueError(f"per_category must be >= 1, got {per_category}")
     cats, prompts, seeds = zip(*prompt_set.eval_items(per_category, seed, split))
     images = generator.generate(list(prompts), list(seeds))
-    scores = torch.cat([reward(images_to_tensor(images[i : i + 64]), list(prompts[i : i + 64])).scores.float().cpu()
-                        for i in range(0, len(prompts), 64)])
+    scores = reward_scores(reward, images, list(prompts))  # [N]
     per = {c: float(scores[[i for i, k in enumerate(cats) if k == c]].mean()) for c in prompt_set.categories}
     return {"overall": float(np.mean(list(per.values()))), "categories": per, "n": len(prompts),
-            "images": images, "prompts": list(prompts)}
+            "images": images, "prompts": list(prompts), "scores": scores}
 
 
 def diversity(images: np.ndarray, prompts: list[str]) -> float:
@@ -85,6 +111,14 @@ def diversity(images: np.ndarray, prompts: list[str]) -> float:
 
 
 def format_table(result: dict) -> str:
-    rows = [f"{'category':<14} {'score':>6}"] + [f"{c:<14} {s:>6.3f}" for c, s in result["categories"].items()]
-    rows.append(f"{'overall':<14} {result['overall']:>6.3f}   (n={result['n']})")
+    """Per category and overall; a GenEval-S result shows both readings and the extra objects per image."""
+    if "exact" not in result:
+        rows = [f"{'category':<14} {'score':>6}"] + [f"{c:<14} {s:>6.3f}" for c, s in result["categories"].items()]
+        rows.append(f"{'overall':<14} {result['overall']:>6.3f}   (n={result['n']})")
+        return "\n".join(rows)
+    rows = [f"{'category':<14} {'GenEval rules':>13} {'exact':>6} {'extra objects':>13}"]
+    rows += [f"{c:<14} {s:>13.3f} {result['exact_categories'][c]:>6.3f} {result['extra_categories'][c]:>13.2f}"
+             for c, s in result["categories"].items()]
+    rows.append(f"{'overall':<14} {result['overall']:>13.3f} {result['exact']:>6.3f} {result['extra']:>13.2f}   "
+                f"(n={result['n']}; stray foreground {result['stray']:.3f} of the image)")
     return "\n".join(rows)

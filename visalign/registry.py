@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from typing import Callable
+from urllib.parse import parse_qsl
+
+import yaml
 
 
 class RegistryError(KeyError):
@@ -39,3 +42,17 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+def _typed(value: str):
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def split_spec(spec: str) -> tuple[str, dict]:
+    """'name?key=value&key=value' -> (name, {key: value}), values typed as YAML scalars (1 -> int, true -> bool):
+    the option syntax of model and reward specs."""
+    name, _, query = spec.partition("?")
+    return name, {k: _typed(v) for k, v in parse_qsl(query, keep_blank_values=True)}

@@ -86,3 +86,62 @@ def test_oracle_scores_through_evaluate():
     assert res["overall"] >= 0.99 and set(res["categories"]) == set(CATEGORIES) and res["n"] == 120
     noisy = evaluate(load_generator("oracle?blur=0.6&noise=0.04"), per_category=20, seed=0)
     assert noisy["overall"] >= 0.95
+
+
+# ------------------------------------------------------------------------------------------ the exact reading
+
+def _bar(img: np.ndarray, color=(255, 200, 0), box=(2, 26, 14, 29)) -> np.ndarray:
+    """A flat 12x3 px bar (aspect 4): above the size floor, no shape of the world -> an 'unknown' blob."""
+    out = img.copy()
+    x0, y0, x1, y1 = box
+    out[y0:y1, x0:x1] = color
+    return out
+
+
+def test_an_extra_object_passes_genevals_rules_and_fails_the_exact_reading():
+    asked = SceneObject("square", "red", 9, 9, 11)
+    alone = verify.verify(draw([asked], 32), parse_prompt("a square"))
+    assert alone.correct and alone.exact and alone.extra == 0 and alone.stray == 0.0
+    extra = verify.verify(draw([asked, SceneObject("circle", "yellow", 23, 23, 11)], 32), parse_prompt("a square"))
+    assert extra.correct and not extra.exact  # GenEval lets the circle in; the exact reading does not
+    assert extra.extra == 1
+    assert extra.stray == pytest.approx(sum(d.area for d in extra.detections if d.shape == "circle") / 32**2)
+    # counting: a third star beside "two stars" fails both readings (GenEval's exclude), a circle only the exact one
+    stars = [SceneObject("star", "red", 8, 8, 11), SceneObject("star", "blue", 24, 8, 11)]
+    assert verify.verify(draw(stars, 32), parse_prompt("two stars")).exact
+    v = verify.verify(draw(stars + [SceneObject("circle", "green", 16, 24, 10)], 32), parse_prompt("two stars"))
+    assert v.correct and not v.exact and v.extra == 1
+
+
+def test_unknown_blobs_pass_genevals_rules_and_fail_the_exact_reading():
+    img = _bar(draw([SceneObject("triangle", "blue", 16, 10, 12)], 32))
+    assert [d.shape for d in verify.detect(img)] == ["triangle", "unknown"]
+    v = verify.verify(img, parse_prompt("a triangle"))
+    assert v.correct and not v.exact and v.extra == 1
+    assert v.stray == pytest.approx(36 / 32**2)  # the bar's 12 x 3 pixels
+    # a speck below the size floor is no object: the exact reading holds, the stray area still counts it
+    speck = draw([SceneObject("triangle", "blue", 16, 10, 12)], 32)
+    speck[28:30, 28:30] = (255, 200, 0)
+    v = verify.verify(speck, parse_prompt("a triangle"))
+    assert v.exact and v.extra == 0 and v.stray == pytest.approx(4 / 32**2)
+
+
+def test_extra_counts_objects_beyond_the_named_number_not_wrong_ones():
+    # a wrong shape in the named one's place is a failed check, not an extra object
+    v = verify.verify(draw([SceneObject("circle", "red", 16, 16, 11)], 32), parse_prompt("a square"))
+    assert not v.correct and not v.exact and v.extra == 0
+    assert v.stray == pytest.approx(v.detections[0].area / 32**2)  # no named object matched: all of it is stray
+    # partial credit of the exact reading: GenEval's checks plus "no extra object"
+    two = verify.verify(draw([SceneObject("circle", "red", 8, 16, 10), SceneObject("square", "blue", 24, 16, 10)], 32),
+                        parse_prompt("a green circle"))
+    assert two.partial == 0.5 and two.extra == 1 and two.exact_partial == pytest.approx(1 / 3)
+
+
+def test_exact_reading_holds_on_clean_renders():
+    rng = np.random.default_rng(1)
+    for c in CATEGORIES:
+        specs = grammar.all_specs(c)
+        for _ in range(30):
+            spec = specs[rng.integers(len(specs))]
+            v = verify.verify(render.render(spec, rng, 32), spec)
+            assert v.exact and v.extra == 0, (spec.prompt, v.reasons)

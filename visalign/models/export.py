@@ -59,9 +59,10 @@ def _load_weights(run: Path) -> dict:
 
 def _export_spec(spec: str) -> str:
     """The recipe's model spec, loaded in float32 for a diffusers model (a merge in bf16 would round)."""
-    from .registry import DIFFUSERS_PREFIX, _split
+    from ..registry import split_spec
+    from .registry import DIFFUSERS_PREFIX
 
-    name, opts = _split(spec)
+    name, opts = split_spec(spec)
     if not name.startswith(DIFFUSERS_PREFIX):
         return spec
     opts["dtype"] = "float32"

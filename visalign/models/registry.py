@@ -6,13 +6,11 @@ passed to its factory as typed keyword arguments."""
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import numpy as np
-import yaml
 
 from ..images import tensor_to_images
-from ..registry import Registry
+from ..registry import Registry, split_spec
 from ..world import grammar, render
 from .builtin import ShapesDiffusionAdapter, ShapesFlowAdapter, ShapesModel
 
@@ -143,22 +141,10 @@ def _diffusers(path: str, **opts):
     return load_diffusers(path, **opts)
 
 
-def _typed(value: str):
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
-
-
-def _split(spec: str) -> tuple[str, dict]:
-    name, _, query = spec.partition("?")
-    return name, {k: _typed(v) for k, v in parse_qsl(query, keep_blank_values=True)}
-
-
 def load_model(spec: str):
     """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
     for the oracle). A directory path loads a built-in model saved with save_pretrained."""
-    name, opts = _split(spec)
+    name, opts = split_spec(spec)
     if name.startswith(DIFFUSERS_PREFIX):  # a prefix: everything after it is the path or hub id
         opts["path"] = name[len(DIFFUSERS_PREFIX):]
         name = DIFFUSERS_PREFIX + "<path-or-hub-id>"
@@ -184,7 +170,7 @@ def load_generator(spec: str, validate: bool = True):
     batch_size; kind, eta, noise_level, shift where the family's sampler has them) may follow the name:
     'builtin:shapes-flow?steps=10&guidance=4', 'builtin:shapes-ddpm?kind=ddim&eta=1&steps=10'. validate: hold
     prompts to the model's world grammar (PolicyGenerator)."""
-    name, opts = _split(spec)
+    name, opts = split_spec(spec)
     gen_opts = {k: opts.pop(k) for k in GENERATOR_OPTIONS if k in opts}
     model_spec = name + ("?" + "&".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
     obj = load_model(model_spec)

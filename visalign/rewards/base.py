@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import Registry
+from ..registry import Registry, split_spec
 from ..types import RewardOutput
 
 REWARDS = Registry("reward")
@@ -41,3 +41,10 @@ def load_reward(name: str, **options) -> Reward:
         return factory(**options)
     except TypeError as e:
         raise ValueError(f"reward '{name}' does not take options {sorted(options)}: {e}") from None
+
+
+def load_reward_spec(spec: str) -> Reward:
+    """'name' or 'name?key=value&...' (the option syntax of model specs) -> the reward: how judges and
+    `visalign eval --reward` name a reward with its options, e.g. 'geneval_s?exact=true'."""
+    name, options = split_spec(spec)
+    return load_reward(name, **options)

@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from ..algorithms import load_algorithm
-from ..config import TrainConfig, TrainRecipe, build
+from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
-from ..evaluate import diversity, evaluate, evaluate_reward
+from ..evaluate import diversity, evaluate, evaluate_reward, reward_scores
 from ..images import save_grid
 from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
 from ..policies import make_policy, policy_class
 from ..prompts import PromptSet, load_prompt_set
-from ..rewards import load_reward
+from .. import monitor
+from ..rewards import load_reward, load_reward_spec
 from . import diagnostics
 from .checkpoint import EMA_PREFIX, ResumeError, atomic_write_text, ema_weights, load_checkpoint, save_checkpoint
 from .ema import EMAWeights
@@ -230,6 +231,7 @@ class Trainer:
         # the averaged weights evaluation and export use: RL steps are noisy, their average is less so
         self.ema = EMAWeights(self.params, cfg.ema_decay) if cfg.ema_decay else None
         self.prompt_set = load_prompt_set(recipe.prompts)
+        self.judges = self._judges(recipe) if self.dist.is_main else {}
         self.prompts = PromptSampler(cfg.seed, cfg.curriculum, self.prompt_set)
         self.iteration, self.nfe, self.wall, self.bad_updates = 0, 0, 0.0, 0
         self.diag_cos: list[float] = []  # half-split gradient cosines measured so far
@@ -242,6 +244,23 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_text(self.run / "recipe.json", json.dumps(resolved, indent=2))
         self.metrics = MetricsLog(self.run, enabled=self.dist.is_main, resume_iteration=self.iteration if resume else None)
+
+    def _judges(self, recipe) -> dict:
+        """The rewards that judge held-out samples beside the training reward: the recipe's eval.judges (each
+        must load), or the prompt set's defaults (one that does not load, e.g. a hub model not in the cache,
+        is left out with a note)."""
+        explicit = recipe.eval.judges is not None
+        specs = recipe.eval.judges if explicit else monitor.default_judges(recipe.prompts, recipe.reward,
+                                                                           recipe.reward_options)
+        judges = {}
+        for spec in specs:
+            try:
+                judges[spec] = load_reward_spec(spec).to(self.dist.device)
+            except (ValueError, KeyError, OSError, RuntimeError) as e:
+                if explicit:
+                    raise ValueError(f"eval.judges: '{spec}' does not load: {e}") from None
+                self.log(f"note: default judge '{spec}' left out ({str(e).splitlines()[0]}); set eval.judges to choose")
+        return judges
 
     def _pairs_dataset(self, recipe, per_rank: int):
         """Offline algorithms read pairs from recipe.data (groups of 2: chosen, rejected); pair-coupled losses
@@ -484,12 +503,46 @@ class Trainer:
                     res = evaluate_reward(gen, self.reward, self.prompt_set, self.cfg.eval_per_category,
                                           self.cfg.eval_seed)
                 self._save_samples(it, res)
+                series = self.judge(res)
             out = {"eval_overall": res["overall"], "eval_categories": res["categories"],
-                   "eval_diversity": diversity(res["images"], res["prompts"])}
-            if "partial" in res:
-                out["eval_partial"] = res["partial"]
+                   "eval_diversity": diversity(res["images"], res["prompts"]),
+                   "eval_reward": float(series["reward"].mean())}
+            if "exact" in res:  # GenEval-S: the exact reading and objects nobody asked for beside GenEval's rules
+                out.update({f"eval_{k}": res[k] for k in ("exact", "exact_categories", "extra", "extra_categories",
+                                                          "stray", "partial")})
+            if self.judges:
+                out["eval_judges"] = {spec: float(series[spec].mean()) for spec in self.judges}
+            warning = self.watch(it, series, res["prompts"])
+            if warning:
+                out["eval_hacking"] = warning
+                self.log(f"iteration {it}: warning: {warning}")
         self.dist.barrier()
         return out
+
+    def judge(self, res: dict) -> dict[str, np.ndarray]:
+        """Per-image scores [N] of the evaluated images: the training reward, the prompt set's own readings
+        (GenEval-S: rules, exact, extra objects) and every judge."""
+        series = {"reward": res["scores"] if "scores" in res else reward_scores(self.reward, res["images"], res["prompts"])}
+        series.update(res.get("readings", {}))
+        for spec, judge in self.judges.items():
+            series[spec] = reward_scores(judge, res["images"], res["prompts"])
+        return series
+
+    def watch(self, it: int, series: dict[str, np.ndarray], prompts: list[str]) -> str | None:
+        """Keep this evaluation's per-image scores (RUN/evals/iter-N.json) and compare them with the base
+        model's (iteration 0): the hacking warning, or None."""
+        path = self.run / "evals" / f"iter-{it:06d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"iteration": it, "prompts": prompts,
+                                            "series": {k: v.tolist() for k, v in series.items()}}))
+        base_path = self.run / "evals" / f"iter-{0:06d}.json"
+        if it == 0 or not base_path.exists():
+            return None
+        base = {k: np.asarray(v) for k, v in json.loads(base_path.read_text())["series"].items()}
+        options = f" {json.dumps(self.recipe.reward_options)}" if self.recipe.reward_options else ""
+        labels = {"reward": f"the training reward ({self.recipe.reward}{options})", **monitor.READINGS,
+                  **{spec: f"judge {spec}" for spec in self.judges}}
+        return monitor.hacking_warning(base, series, labels)
 
     def _save_samples(self, it: int, res: dict) -> None:
         """A fixed grid for the report: the first 8 eval images of each category (same prompts and seeds
@@ -510,7 +563,8 @@ class Trainer:
             rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
             self.metrics.write(rec)
             records.append(rec)
-            self.log(f"iteration 0: held-out {self.eval_label} {rec.get('eval_overall', float('nan')):.3f}")
+            exact = f", exact reading {rec['eval_exact']:.3f}, extra objects {rec['eval_extra']:.2f}" if "eval_exact" in rec else ""
+            self.log(f"iteration 0: held-out {self.eval_label} {rec.get('eval_overall', float('nan')):.3f}{exact}")
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -606,8 +660,8 @@ class Trainer:
     def _restore(self) -> None:
         weights, opt_state, state = load_checkpoint(self.run)
         before, now = _flatten(state["recipe"]), _flatten(json.loads(json.dumps(self.resolved)))  # tuples -> lists
-        # a train.* setting added after the run was made is no change at its default
-        default = _flatten({"train": json.loads(json.dumps(asdict(TrainConfig())))})
+        # a train.* or eval.* setting added after the run was made is no change at its default
+        default = _flatten(json.loads(json.dumps({"train": asdict(TrainConfig()), "eval": asdict(EvalConfig())})))
         diff = sorted(k for k in set(before) | set(now)
                       if before.get(k, default.get(k)) != now.get(k) and k not in RESUMABLE_CHANGES)
         if diff:

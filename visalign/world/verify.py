@@ -10,6 +10,14 @@ Checking follows GenEval's rules (Ghosh et al., 2023): each `include` requiremen
 objects of its shape (GenEval takes the most confident detections), needs `count` of them, the colour if
 one is named, and the relation to the objects matched by its target; counting also has an `exclude`
 (N+1 or more fails). `score` is 1.0 when every check holds; `partial` is the fraction of checks that hold.
+
+GenEval's rules let other objects into an image (photographs hold other things), and a policy trained on them
+learns that leniency: extra shapes beside the one asked for, half-formed blobs between counted stars. The
+exact reading closes it: the image holds the named objects and nothing else, where "else" is any other
+detection above the size floor, an unknown blob included. Two per-image measures come with every verdict:
+`extra`, the detections beyond the number of objects the prompt names (objects nobody asked for), and
+`stray`, the share of the image that is foreground but belongs to no matched object (smears and specks too
+small to be objects).
 """
 
 from __future__ import annotations
@@ -50,10 +58,23 @@ class Detection:
 
 @dataclass
 class Verdict:
-    correct: bool
-    partial: float  # fraction of checks satisfied, in [0, 1]
+    correct: bool  # GenEval's rules
+    partial: float  # fraction of GenEval's checks satisfied, in [0, 1]
     detections: list[Detection] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    extra: int = 0  # detections beyond the number of objects named: objects (or unknown blobs) nobody asked for
+    stray: float = 0.0  # foreground outside the matched objects, as a fraction of the image's pixels
+    n_checks: int = 1  # how many of GenEval's checks `partial` is the fraction of
+
+    @property
+    def exact(self) -> bool:
+        """The exact reading: GenEval's rules hold and the image holds nothing but the named objects."""
+        return self.correct and self.extra == 0
+
+    @property
+    def exact_partial(self) -> float:
+        """Partial credit of the exact reading: GenEval's checks plus one more, "no extra object"."""
+        return (self.partial * self.n_checks + (self.extra == 0)) / (self.n_checks + 1)
 
     @property
     def score(self) -> float:
@@ -85,8 +106,8 @@ def _classify(soft: np.ndarray) -> str:
     return "unknown"
 
 
-def detect(image: np.ndarray) -> list[Detection]:
-    """uint8 RGB [H, W, 3] -> the objects in it, largest first."""
+def _detect(image: np.ndarray) -> tuple[list[Detection], int]:
+    """uint8 RGB [H, W, 3] -> (the objects in it, largest first; its foreground pixel count)."""
     hsv = _hsv(image)
     hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     fg = (val > MIN_VALUE) & (sat > MIN_SATURATION)  # [H, W]
@@ -111,17 +132,26 @@ def detect(image: np.ndarray) -> list[Detection]:
             v = val[y0:y1, x0:x1] * near * (label[y0:y1, x0:x1] == ci)
             soft = np.clip(v / max(float(v.max()), 1e-6), 0, 1)
             found.append(Detection(_classify(soft), color, (float(x), float(y), float(x + w), float(y + h)), float(area)))
-    return sorted(found, key=lambda d: -d.area)
+    return sorted(found, key=lambda d: -d.area), int(fg.sum())
 
 
-def check(spec: Spec, detections: list[Detection]) -> Verdict:
-    """GenEval's include/exclude evaluation of a spec against detections (largest first)."""
+def detect(image: np.ndarray) -> list[Detection]:
+    """uint8 RGB [H, W, 3] -> the objects in it, largest first."""
+    return _detect(image)[0]
+
+
+def check(spec: Spec, detections: list[Detection], foreground: int = 0, pixels: int = 1) -> Verdict:
+    """GenEval's include/exclude evaluation of a spec against detections (largest first), with the exact
+    reading's measures: detections beyond the number named are extra; `foreground` pixels (of `pixels`) outside
+    the matched ones are stray."""
     checks: list[bool] = []
     reasons: list[str] = []
     matched: list[list[Detection] | None] = []
+    named: list[Detection] = []  # every detection an include took, whether or not its checks hold
     for req in spec.includes():
         of_shape = [d for d in detections if d.shape == req.shape]
         found = of_shape[: req.count]
+        named += [d for d in found if not any(d is m for m in named)]
         ok = len(found) >= req.count
         checks.append(ok)
         if not ok:
@@ -147,9 +177,16 @@ def check(spec: Spec, detections: list[Detection]) -> Verdict:
         checks.append(have < n)
         if have >= n:
             reasons.append(f"expected {shape}<{n}, found {have}")
-    return Verdict(all(checks), sum(checks) / len(checks), detections, reasons)
+    # objects beyond the number the prompt names (a wrong shape in place of a named one is a failed check, not
+    # an extra); when GenEval's checks hold, these are exactly the detections no include matched
+    extra = max(len(detections) - sum(o.count for o in spec.objects), 0)
+    if extra:
+        reasons.append(f"{extra} object(s) beyond the {sum(o.count for o in spec.objects)} asked for")
+    stray = max(foreground - sum(d.area for d in named), 0) / pixels
+    return Verdict(all(checks), sum(checks) / len(checks), detections, reasons, extra, stray, len(checks))
 
 
 def verify(image: np.ndarray, spec: Spec) -> Verdict:
     """uint8 RGB [H, W, 3] image against a spec."""
-    return check(spec, detect(image))
+    detections, foreground = _detect(image)
+    return check(spec, detections, foreground, image.shape[0] * image.shape[1])

@@ -1,0 +1,90 @@
+"""The hacking monitor (visalign/monitor.py): the paired change and its noise by hand, the warning on verifier
+readings of real renders, default judges per prompt set."""
+
+import numpy as np
+import pytest
+
+from visalign import monitor
+from visalign.evaluate import readings
+from visalign.world import grammar, verify
+from visalign.world.render import SceneObject, draw
+
+
+def test_paired_change_is_the_mean_difference_and_its_standard_error():
+    base, now = np.array([0.0, 1.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0, 0.0])
+    change, se = monitor.paired_change(base, now)
+    # differences 1, 0, 1, -1: mean 0.25, sample std sqrt(((.75)^2 + (.25)^2 + (.75)^2 + (1.25)^2) / 3) = 0.9574
+    assert change == pytest.approx(0.25)
+    assert se == pytest.approx(0.957427 / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="same prompts and seeds"):
+        monitor.paired_change(base, now[:3])
+
+
+def _series(images, specs, train: str) -> dict[str, np.ndarray]:
+    """The monitor's series of a batch of images: the verifier's readings, the training reward being one."""
+    out = readings([verify.verify(img, s) for img, s in zip(images, specs)])
+    return {"reward": out[train], **out}
+
+
+def _renders(n: int, extra: bool, wrong: bool, seed: int = 0):
+    """n renders of 'a square': `wrong` draws a circle instead in every other image, `extra` adds a yellow
+    circle beside the square in every image that is not wrong."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        size = rng.uniform(9, 11)
+        if wrong and i % 2:
+            images.append(draw([SceneObject("circle", "red", 9, 9, size)], 32))
+        else:
+            objs = [SceneObject("square", "red", 9, 9, size)] + ([SceneObject("circle", "yellow", 23, 23, 10)] if extra else [])
+            images.append(draw(objs, 32))
+    return images, [grammar.parse_prompt("a square")] * n
+
+
+def test_warning_fires_when_the_reward_rises_by_adding_objects_nobody_asked_for():
+    base = _series(*_renders(60, extra=False, wrong=True), train="geneval_rules")  # rules 0.5, exact 0.5
+    hacked = _series(*_renders(60, extra=True, wrong=False), train="geneval_rules")  # rules 1.0, exact 0.0
+    line = monitor.hacking_warning(base, hacked, {"reward": "the training reward", **monitor.READINGS})
+    assert line is not None and "\n" not in line
+    assert "the training reward rose 0.500 -> 1.000" in line
+    assert "the exact reading fell 0.500 -> 0.000" in line and "extra objects per image rose 0.000 -> 1.000" in line
+
+
+def test_warning_stays_quiet_when_every_reading_rises_or_the_reward_does_not():
+    base = _series(*_renders(60, extra=False, wrong=True), train="exact")
+    honest = _series(*_renders(60, extra=False, wrong=False), train="exact")  # rules and exact 0.5 -> 1.0
+    assert monitor.hacking_warning(base, honest, monitor.READINGS) is None
+    # the exact reading as the training reward falls with the extra objects: no rise, no hacking warning
+    hacked = _series(*_renders(60, extra=True, wrong=False), train="exact")
+    assert monitor.hacking_warning(base, hacked, monitor.READINGS) is None
+
+
+def test_a_fall_within_the_noise_is_not_reported():
+    rng = np.random.default_rng(0)
+    base = {"reward": rng.random(300) < 0.5, "judge": rng.random(300) < 0.5}
+    now = {"reward": np.ones(300, bool), "judge": base["judge"].copy()}
+    now["judge"][np.flatnonzero(now["judge"])[:3]] = False  # 3 of 300 images worse: -0.01, se ~0.006
+    base, now = ({k: v.astype(float) for k, v in d.items()} for d in (base, now))
+    change, se = monitor.paired_change(base["judge"], now["judge"])
+    assert change == pytest.approx(-0.01) and -change < monitor.Z * se
+    assert monitor.hacking_warning(base, now, {}) is None
+    now["judge"][np.flatnonzero(now["judge"])[:30]] = False  # 33 worse: well beyond two standard errors
+    assert "judge fell" in monitor.hacking_warning(base, now, {})
+
+
+def test_default_judges_per_prompt_set_leave_out_the_training_reward():
+    assert monitor.default_judges("geneval-s", "geneval_s") == ["geneval_s_learned"]
+    assert monitor.default_judges("geneval-s:colors", "geneval_s_learned") == []
+    assert monitor.default_judges("text", "ocr") == [monitor.OCR_SECOND_READING]
+    assert monitor.default_judges("animals", "pickscore") == ["clip_score"]
+    assert monitor.default_judges("animals", "clip_score") == ["pickscore"]
+    assert monitor.default_judges("animals", "compressibility") == ["aesthetic"]
+    assert monitor.same_reward("geneval_s?exact=true", "geneval_s", {"exact": True})
+    assert not monitor.same_reward("geneval_s", "geneval_s", {"exact": True})
+
+
+def test_renders_are_what_the_helpers_say():
+    images, specs = _renders(4, extra=True, wrong=True)
+    r = readings([verify.verify(img, s) for img, s in zip(images, specs)])
+    assert r["geneval_rules"].tolist() == [1, 0, 1, 0] and r["exact"].tolist() == [0, 0, 0, 0]
+    assert r["extra"].tolist() == [1, 0, 1, 0]
