@@ -1,4 +1,4 @@
-"""Agreement of the learned GenEval-S reward (`geneval_s_learned`) with the exact verifier on HELD-OUT prompts,
+"""Agreement of the learned GenEval-S reward (`geneval_s_learned`) with the verifier on HELD-OUT prompts,
 printed as a table and written to docs/geneval-s-reward-agreement.json:
   - each bundled generator's evaluation samples (`visalign eval`'s prompts, seeds and deterministic sampler,
     50 per category), labelled by the verifier;
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     except ValueError:
         result["model"] = str(path)
     print(f"learned GenEval-S reward {result['model']}: {result['params'] / 1e3:.0f}k params, "
-          f"{result['weights_bytes'] / 2**20:.2f} MiB; held-out agreement with the exact verifier "
+          f"{result['weights_bytes'] / 2**20:.2f} MiB; held-out agreement with the verifier "
           f"({args.per_category} per category and source, {result['seconds']:.0f} s)")
     print(format_agreement(result))
     out = Path(args.out)

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "exact reading), text, animals, "
                    "file:PATH")
     e.add_argument("--reward", default=None, help="score by this reward's mean instead of the verifier (a set without "
-                   "one needs it: --prompts text --reward ocr); options as in model specs: 'ocr?psm=8&preprocess=otsu'")
+                   "one needs it: --prompts text --reward ocr); options as in model specs: 'ocr?psm=8&preprocess=otsu-crop'")
     e.add_argument("--judge", action="append", default=[], metavar="REWARD",
                    help="also score the same images by this reward, per category (repeatable): e.g. geneval_s_learned")
     e.add_argument("--per-category", type=int, default=50)

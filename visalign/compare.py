@@ -7,7 +7,7 @@ Each algorithm starts from its own recipe (visalign/recipes/geneval-s-<algo>.yam
 rate, batch), with the model, prompt set, seed and budget replaced by the comparison's (or, with
 --budget-recipe, each keeping its recipe's own iterations and evaluation points). A spec may carry
 algorithm options: `grpo:kl_beta=0.04`. Reward-gradient methods (refl, draft, alignprop) train on the learned
-differentiable reward (geneval_s_learned), all others on the exact verifier; all are judged by the verifier.
+differentiable reward (geneval_s_learned), all others on the verifier; all are judged by the verifier.
 diffusion_dpo trains offline on pairs that the comparison first samples from the same model (`make-pairs`);
 the network evaluations spent on that data are reported beside its training budget.
 With a prompt set `geneval-s:CAT,CAT,CAT`, training sees those categories only and the table also gives the
@@ -157,6 +157,9 @@ def summarize_run(label: str, run: Path) -> dict:
             "base": first["eval_overall"], "final": last["eval_overall"],
             "base_categories": first["eval_categories"], "categories": last["eval_categories"],
             "base_diversity": first.get("eval_diversity"), "diversity": last.get("eval_diversity"),
+            "base_exact": first.get("eval_exact"), "exact": last.get("eval_exact"),
+            "base_extra": first.get("eval_extra"), "extra": last.get("eval_extra"),
+            "hacking": last.get("eval_hacking"),
             "curve": [(r["nfe"], r["wall_s"], r["eval_overall"]) for r in evals]}
 
 
@@ -175,8 +178,9 @@ def format_table(results: list[dict], split) -> str:
              for c in cats}
     head = ["algorithm", "samples", "train NFE", "wall min", "held-out base", "final", "gain", "best (at NFE)",
             "gain / 1k samples", "gain / 100k NFE"]
+    head += ["exact base", "exact final", "exact gain", "extra objects base", "final"]
     head += [short[c] for c in cats] + (["held-in gain", "held-out-cat gain"] if split else [])
-    head += ["diversity base", "final"]
+    head += ["diversity base", "final", "hacking warning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         gain = r["final"] - r["base"]
@@ -184,12 +188,15 @@ def format_table(results: list[dict], split) -> str:
                f"{r['final']:.3f}", f"{gain:+.3f}", "{:.3f} ({:,})".format(*max((c[2], c[0]) for c in r["curve"])),
                f"{gain / max(r['samples'], 1) * 1e3:+.3f}",
                f"{gain / max(r['nfe'], 1) * 1e5:+.3f}"]
+        have = r.get("exact") is not None and r.get("base_exact") is not None
+        row += ([f"{r['base_exact']:.3f}", f"{r['exact']:.3f}", f"{r['exact'] - r['base_exact']:+.3f}",
+                 f"{r['base_extra']:.2f}", f"{r['extra']:.2f}"] if have else ["-"] * 5)
         row += [f"{r['categories'][c]:.2f}" for c in cats]
         if split:
             for group in split:
                 row.append(f"{np.mean([r['categories'][c] - r['base_categories'][c] for c in group]):+.3f}")
         row += [f"{r['base_diversity']:.3f}" if r["base_diversity"] is not None else "-",
-                f"{r['diversity']:.3f}" if r["diversity"] is not None else "-"]
+                f"{r['diversity']:.3f}" if r["diversity"] is not None else "-", "yes" if r.get("hacking") else "no"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -204,7 +211,7 @@ def write_page(results: list[dict], table: str, header: str, path: Path) -> None
                                      for c in row) + "</tr>" for i, row in enumerate(rows))
     page = (f"<!doctype html><meta charset=utf-8><title>visalign compare</title><body style='font:13px sans-serif'>"
             f"<h2>visalign compare</h2><p>{html.escape(header)}</p><table border=1 cellpadding=3 "
-            f"style='border-collapse:collapse'>{cells}</table><h3>held-out GenEval-S overall (exact verifier)</h3>"
+            f"style='border-collapse:collapse'>{cells}</table><h3>held-out GenEval-S overall (GenEval's rules)</h3>"
             f"{svg_lines(by_nfe, 'network evaluations (NFE)', 'overall')} "
             f"{svg_lines(by_wall, 'wall minutes (training)', 'overall')}</body>")
     atomic_write_text(path, page)
@@ -244,7 +251,8 @@ def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, 
     budget = (f"{budget_nfe:,} NFE" if budget_nfe else f"{budget_minutes:g} wall minutes" if budget_minutes
               else "its recipe's iterations")
     header = (f"model {model}, prompts {prompts}, budget {budget} per algorithm, seed {seed}; held-out GenEval-S "
-              f"({per_category} per category) by the exact verifier"
+              f"({per_category} per category) under GenEval's rules and the exact reading (the named objects and "
+              f"nothing else), extra objects per image, and whether the hacking monitor warned"
               + (f"; diffusion_dpo's pairs ({pair_prompts} train prompts x 4 samples) cost another {pairs['nfe']:,} NFE "
                  f"({pairs['wall_s'] / 60:.1f} min)"
                  if pairs else "")

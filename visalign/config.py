@@ -257,7 +257,7 @@ class EvalConfig:
     steps: int | None = None  # None: the model's default
     guidance: float | None = None
     # rewards the run does not train on that score the held-out samples beside the training reward, as reward
-    # specs ('geneval_s_learned', 'ocr?psm=8&preprocess=otsu'); None: the prompt set's defaults; []: none
+    # specs ('geneval_s_learned', 'ocr?psm=8&preprocess=otsu-crop'); None: the prompt set's defaults; []: none
     judges: tuple[str, ...] | None = None
 
 

@@ -30,8 +30,8 @@ LOWER_IS_BETTER = ("extra",)
 
 # Learned preference rewards: each is judged by another one (DDPO's and Flow-GRPO's hacking checks).
 _LEARNED = ("clip_score", "pickscore", "hps", "aesthetic", "image_reward")
-# The `ocr` reward's second, independent reading: another page-segmentation mode on a binarised, upscaled image.
-OCR_SECOND_READING = "ocr?psm=8&preprocess=otsu"
+# The `ocr` reward's second, independent reading: one word (no line finder) on a binarised, upscaled, cropped image.
+OCR_SECOND_READING = "ocr?psm=8&preprocess=otsu-crop"
 
 
 def same_reward(spec: str, name: str, options: dict) -> bool:

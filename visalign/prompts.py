@@ -1,5 +1,5 @@
 """Prompt sets a run trains and evaluates on: `geneval-s` (the six categories of the shapes world, train and
-held-out splits; evaluated by the exact verifier), `animals` (DDPO's kind of prompt set: common animal
+held-out splits; evaluated by the verifier), `animals` (DDPO's kind of prompt set: common animal
 names, for rewards that judge the image alone, e.g. compressibility), `text` (signs that say a short word,
 world/text.py; held-out words, for the `ocr` reward), or `file:PATH` (one prompt a line).
 

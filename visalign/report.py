@@ -1,6 +1,7 @@
 """`visalign report RUN` -> RUN/report.html: one self-contained page (inline SVG charts, embedded PNGs)
-with the reward and held-out eval curves, the per-category before/after table, before/after sample grids
-on the same prompts and seeds, and where the time went."""
+with the hacking monitor's verdict, the reward and held-out curves (every reading and judge), the per-category
+before/after table (GenEval-S: both readings and extra objects), before/after sample grids on the same prompts
+and seeds, and where the time went."""
 
 from __future__ import annotations
 
@@ -69,6 +70,52 @@ def reward_details_section(train: list[dict]) -> str:
     return "<h3>Reward components and details (batch means, raw units)</h3>" + "".join(charts)
 
 
+def eval_series(evals: list[dict]) -> dict[str, list]:
+    """The held-out curves: the score the run is evaluated by, the exact reading where the prompt set has one,
+    the training reward and every judge (visalign/monitor.py), each on the same images."""
+    exact = "eval_exact" in evals[-1]
+    out = {"GenEval's rules" if exact else "overall": [r["eval_overall"] for r in evals]}
+    if exact:
+        out["exact reading"] = [r.get("eval_exact") for r in evals]
+    if "eval_reward" in evals[-1]:
+        out["training reward"] = [r.get("eval_reward") for r in evals]
+    for spec in evals[-1].get("eval_judges", {}):
+        out[f"judge {spec}"] = [r.get("eval_judges", {}).get(spec) for r in evals]
+    return out
+
+
+def hacking_section(evals: list[dict]) -> str:
+    """The monitor's warnings (training reward up, another reading or judge down beyond the noise), or a line
+    saying there were none."""
+    warned = [r for r in evals if r.get("eval_hacking")]
+    if not warned:
+        return ("<p style='color:#2a7'>Hacking monitor: no evaluation saw the training reward rise while another "
+                "reading or judge fell beyond the evaluation's noise.</p>")
+    items = "".join(f"<li>iteration {r['iteration']}: {html.escape(r['eval_hacking'])}</li>" for r in warned)
+    return f"<div style='color:#b00;border:1px solid #b00;padding:6px'><b>Hacking monitor</b><ul>{items}</ul></div>"
+
+
+def category_table(first: dict, last: dict) -> str:
+    """Per category before -> after: the score, and for GenEval-S the exact reading and extra objects."""
+    exact = "eval_exact_categories" in last and "eval_exact_categories" in first
+    cols = [("eval_categories", "eval_overall", "GenEval's rules" if exact else "score", "{:.3f}")]
+    if exact:
+        cols += [("eval_exact_categories", "eval_exact", "exact reading", "{:.3f}"),
+                 ("eval_extra_categories", "eval_extra", "extra objects per image", "{:.2f}")]
+    head = "".join(f"<th colspan=3>{title}</th>" for _, _, title, _ in cols)
+    sub = f"<th>before (iter {first['iteration']})</th><th>after (iter {last['iteration']})</th><th>change</th>" * len(cols)
+    rows = [f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th></th>{head}</tr>"
+            f"<tr><th>category</th>{sub}</tr>"]
+    for c in first["eval_categories"]:
+        cells = "".join(f"<td>{fmt.format(first[k][c])}</td><td>{fmt.format(last[k][c])}</td>"
+                        f"<td>{last[k][c] - first[k][c]:+.3f}</td>" for k, _, _, fmt in cols)
+        rows.append(f"<tr><td>{c}</td>{cells}</tr>")
+    cells = "".join(f"<th>{fmt.format(first[o])}</th><th>{fmt.format(last[o])}</th><th>{last[o] - first[o]:+.3f}</th>"
+                    for _, o, _, fmt in cols)
+    rows.append(f"<tr><th>overall</th>{cells}</tr></table>")
+    return "".join(rows)
+
+
 def write_report(run: str | Path) -> Path:
     run = Path(run)
     rows = read_metrics(run)
@@ -85,18 +132,19 @@ def write_report(run: str | Path) -> Path:
 
     if evals:
         first, last = evals[0], evals[-1]
-        parts.append("<h2>Held-out GenEval-S</h2>")
-        parts.append(svg_lines({"overall": [(r["iteration"], r["eval_overall"]) for r in evals]}, "iteration", "eval overall"))
-        parts.append(svg_lines({"overall": [(r["nfe"], r["eval_overall"]) for r in evals]}, "model evaluations (NFE)", "eval overall"))
-        parts.append(svg_lines({"overall": [(r["wall_s"], r["eval_overall"]) for r in evals]}, "training wall time (s)", "eval overall"))
-        table = ["<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th>category</th>"
-                 f"<th>before (iter {first['iteration']})</th><th>after (iter {last['iteration']})</th><th>change</th></tr>"]
-        for c, before in first["eval_categories"].items():
-            after = last["eval_categories"][c]
-            table.append(f"<tr><td>{c}</td><td>{before:.3f}</td><td>{after:.3f}</td><td>{after - before:+.3f}</td></tr>")
-        table.append(f"<tr><th>overall</th><th>{first['eval_overall']:.3f}</th><th>{last['eval_overall']:.3f}</th>"
-                     f"<th>{last['eval_overall'] - first['eval_overall']:+.3f}</th></tr></table>")
-        parts.append("".join(table))
+        parts.append(hacking_section(evals))
+        parts.append("<h2>Held-out GenEval-S</h2>" if "eval_exact" in last else "<h2>Held-out prompts</h2>")
+        readings = eval_series(evals)
+        parts.append(svg_lines({k: [(r["iteration"], v) for r, v in zip(evals, vs)] for k, vs in readings.items()},
+                               "iteration", "held-out score"))
+        parts.append(svg_lines({k: [(r["nfe"], v) for r, v in zip(evals, vs)] for k, vs in readings.items()},
+                               "model evaluations (NFE)", "held-out score"))
+        parts.append(svg_lines({k: [(r["wall_s"], v) for r, v in zip(evals, vs)] for k, vs in readings.items()},
+                               "training wall time (s)", "held-out score"))
+        if "eval_extra" in last:
+            parts.append(svg_lines({"extra objects per image": [(r["iteration"], r.get("eval_extra")) for r in evals]},
+                                   "iteration", "objects nobody asked for"))
+        parts.append(category_table(first, last))
         b, a = run / "samples" / f"iter-{first['iteration']:06d}.png", run / "samples" / f"iter-{last['iteration']:06d}.png"
         if b.exists() and a.exists():
             parts.append("<h2>Samples: before and after (same prompts, same seeds; one row per category)</h2>")

@@ -19,13 +19,14 @@ from visalign.types import RewardOutput
 
 
 class _Brightness(Reward):
-    """Test reward: mean brightness (a dense, always-varying signal); `nan_after` returns NaN from then on."""
+    """Test reward: mean brightness (a dense, always-varying signal); `nan_after` rollouts (calls with the
+    trainer's grouping; held-out evaluations score without it) return NaN from then on."""
 
     def __init__(self, nan_after: int = -1):
         self.calls, self.nan_after = 0, nan_after
 
     def __call__(self, images, prompts, metadata=None):
-        self.calls += 1
+        self.calls += metadata is not None
         s = images.float().mean(dim=(1, 2, 3))
         if 0 <= self.nan_after < self.calls:
             s = s * float("nan")
@@ -255,6 +256,7 @@ def test_resume_errors(tiny_dir, tmp_path, capsys):
     ck = tmp_path / "r" / "checkpoints" / (tmp_path / "r" / "checkpoints" / "latest").read_text().strip()
     state = json.loads((ck / "state.json").read_text())
     del state["recipe"]["train"]["ema_decay"]
+    del state["recipe"]["eval"]["judges"]  # and an eval.* one
     (ck / "state.json").write_text(json.dumps(state))
     assert main(["train", "geneval-s-grpo", *over, "train.iterations=3", "--out", str(tmp_path / "r"), "--resume"]) == 0
 
@@ -264,7 +266,8 @@ def test_report_has_curves_table_and_grids(tiny_dir, tmp_path):
     assert main(["train", "geneval-s-grpo", *_overrides(tiny_dir, "train.iterations=2"), "--out", str(run)]) == 0
     page = (run / "report.html").read_text()
     for needle in ("Held-out GenEval-S", "<svg", "before (iter 0)", "after (iter 2)", "data:image/png;base64",
-                   "Where the time went", "color_attr"):
+                   "Where the time went", "color_attr", "exact reading", "extra objects per image", "Hacking monitor",
+                   "judge geneval_s_learned"):
         assert needle in page
     rows = read_metrics(run)
     assert {"iteration", "reward_mean", "loss", "nfe", "wall_s"} <= rows[1].keys()
@@ -375,3 +378,46 @@ def test_compiled_network_trains_as_the_eager_one(tiny_ddpm_dir, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     ma, mb = _strip(read_metrics(runs["eager"])), _strip(read_metrics(runs["compiled"]))
     assert [r["loss"] for r in ma[1:]] == pytest.approx([r["loss"] for r in mb[1:]], abs=1e-5)
+
+
+def test_evaluation_logs_both_readings_the_judges_and_per_image_scores(tiny_dir, tmp_path, monkeypatch):
+    from visalign import monitor
+
+    run, logs = tmp_path / "r", []
+    recipe, resolved = load_train_recipe("geneval-s-grpo", _overrides(
+        tiny_dir, "train.iterations=2", "eval.judges=['geneval_s?exact=true', geneval_s_learned]"))
+    seen = []
+    monkeypatch.setattr(monitor, "hacking_warning", lambda base, now, labels: seen.append((base, now)) or "it hacks")
+    rows = Trainer(recipe, resolved, run, progress=False, log=logs.append).train()
+    evals = [r for r in rows if "eval_overall" in r]
+    for r in evals:
+        assert {"eval_exact", "eval_exact_categories", "eval_extra", "eval_extra_categories", "eval_stray",
+                "eval_reward"} <= r.keys()
+        assert set(r["eval_judges"]) == {"geneval_s?exact=true", "geneval_s_learned"}
+        assert r["eval_judges"]["geneval_s?exact=true"] == pytest.approx(r["eval_exact"])  # the same images
+    saved = json.loads((run / "evals" / "iter-000002.json").read_text())
+    assert set(saved["series"]) == {"reward", "geneval_rules", "exact", "extra", "geneval_s?exact=true",
+                                    "geneval_s_learned"}
+    assert all(len(v) == 6 for v in saved["series"].values()) and len(saved["prompts"]) == 6  # 1 per category
+    # the monitor compares every later evaluation with the base's per-image scores; its line reaches the record,
+    # the log and the report
+    assert len(seen) == 1 and np.array_equal(seen[0][0]["exact"], np.asarray(
+        json.loads((run / "evals" / "iter-000000.json").read_text())["series"]["exact"]))
+    assert evals[-1]["eval_hacking"] == "it hacks" and "eval_hacking" not in evals[0]
+    assert "iteration 2: warning: it hacks" in logs
+    assert main(["report", str(run)]) == 0 and "it hacks" in (run / "report.html").read_text()
+
+
+def test_judges_that_do_not_load(tiny_dir, tmp_path, capsys):
+    over = _overrides(tiny_dir, "train.iterations=1", "eval.judges=[nope]")
+    assert main(["train", "geneval-s-grpo", *over, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "eval.judges: 'nope' does not load: unknown reward 'nope'. Supported:" in err and "\n" not in err
+    # a default judge that does not load (a hub model outside the cache) is left out with a note
+    logs = []
+    recipe, resolved = load_train_recipe("geneval-s-grpo", _overrides(tiny_dir, "prompts=animals", "reward=pickscore",
+                                                                      "train.iterations=1"))
+    t = Trainer.__new__(Trainer)
+    t.log, t.dist = logs.append, type("D", (), {"device": "cpu"})()
+    assert t._judges(recipe) == {}
+    assert len(logs) == 1 and logs[0].startswith("note: default judge 'clip_score' left out (")

@@ -1,5 +1,5 @@
 """The bundled learned GenEval-S reward (visalign/weights/geneval-s-reward): small fp16 safetensors, registered,
-and it agrees with the exact verifier on held-out renders (so broken weights fail here)."""
+and it agrees with the verifier on held-out renders (so broken weights fail here)."""
 
 import numpy as np
 import torch

@@ -1,6 +1,6 @@
 """Direct reward backpropagation: the reward model is differentiable, so its gradient flows through the
 decoder and the last sampling steps into the generator (DESIGN 3.8). Fast, no variance from a score-function
-estimator, and prone to reward hacking: the exact verifier still evaluates (the trainer's evaluation).
+estimator, and prone to reward hacking: the verifier still evaluates (the trainer's evaluation).
 
 refl       ReFL (Xu et al., 2023, ImageReward, arXiv 2304.05977): one step drawn from the last `window`
            steps of the chain; from that state the network predicts x0 in one forward, and the reward of

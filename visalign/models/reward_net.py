@@ -1,5 +1,5 @@
 """A small learned, differentiable reward model for GenEval-S: image + prompt -> one logit, the log-odds that
-the exact verifier accepts the image for the prompt (trained on verifier labels by trainer/reward_pretrain.py,
+the verifier accepts the image for the prompt (trained on verifier labels by trainer/reward_pretrain.py,
 bundled as visalign/weights/geneval-s-reward, used by the `geneval_s_learned` reward).
 
 The image side (a few hundred thousand parameters, smooth everywhere so that d score / d pixel is useful):

@@ -3,7 +3,7 @@ detections (models/reward_net.py, trained by `visalign pretrain geneval-s-reward
 sigmoid(logit), the probability that the verifier accepts the image for the prompt. It is differentiable:
 gradients flow from the scores to the images, for the reward-gradient methods (ReFL, DRaFT, AlignProp). It is
 a stand-in for the verifier, with its errors (docs/geneval-s-reward-agreement.json): evaluation still uses the
-exact verifier."""
+verifier."""
 
 from __future__ import annotations
 
@@ -31,9 +31,13 @@ class LearnedGenEvalSReward(Reward):
         self.net = net.eval()
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata=None) -> RewardOutput:
-        """images [B, 3, H, W] in [-1, 1] (may require grad) -> scores [B] in (0, 1); details: logit [B]."""
+        """images [B, 3, H, W] in [-1, 1] (may require grad; resized to the network's resolution) -> scores [B] in
+        (0, 1); details: logit [B]."""
         if self.net.device != images.device:
             self.net.to(images.device)
+        size = self.net.config.resolution
+        if images.shape[-2:] != (size, size):  # the world at another resolution: seen at the one it was trained on
+            images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
         logit = self.net(images, list(prompts))  # [B], fp32
         return RewardOutput(torch.sigmoid(logit), {"logit": logit})
 

@@ -9,6 +9,12 @@ worker thread, each reading its even share of the batch: starting tesseract cost
 is paid once per worker, not once per batch, and a crash inside tesseract ends a worker, not the training.
 64 signs of the text model read in 0.21 s on 2 workers against 0.39 s with one `tesseract` command per worker
 and batch (the same readings; AMD EPYC, 2 cores; benchmarks/ocr_reward_speed.py).
+
+Options psm and preprocess give a second, independent reading to judge a run trained on the first (a model can
+learn images that fool one reading): `psm=8, preprocess="otsu-crop"` reads the word without tesseract's line
+finder, on an image binarised and cropped by OpenCV instead of tesseract, at another scale. It reads clean
+renders of the held-out words exactly (tested), yet reads many of the text model's signs differently
+(docs/reward-hacking.md).
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ from .base import REWARDS, Reward
 from .tesseract_worker import READY
 
 UPSCALE, MARGIN = 4, 16  # tesseract reads capitals best at ~30-50 px high; our capitals are ~12 px
+# page segmentation modes that fit one short word (tesseract --help-psm); the others find columns, blocks or
+# sparse text (0-5, 11, 12), read one character (10) or a circle (9). With tesseract 5's LSTM, 8 and 13 read our
+# signs the same (both hand the whole image to the network, without the line finder of 6 and 7)
+PSMS = {6: "a uniform block of text", 7: "one text line", 8: "one word", 13: "one raw line"}
+PREPROCESS = ("none", "otsu-crop")
 WORKER_SCRIPT = Path(__file__).with_name("tesseract_worker.py")
 
 
@@ -68,11 +79,29 @@ def ocr_score(target: str, read: str) -> float:
     return 1.0 - edit_distance(target, read) / n if n else 1.0
 
 
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] -> the uint8 grey image tesseract reads [UPSCALE H + 2 MARGIN, UPSCALE W + 2 MARGIN]."""
+def to_grey(image: np.ndarray, preprocess: str = "none") -> np.ndarray:
+    """uint8 [H, W, 3] -> the uint8 grey image tesseract reads: "none" [UPSCALE H + 2 MARGIN, UPSCALE W + 2 MARGIN],
+    "otsu-crop" the ink's box (otsu_crop)."""
     g = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)  # [H, W]
+    if preprocess == "otsu-crop":
+        return otsu_crop(g)
     g = cv2.resize(g, (g.shape[1] * UPSCALE, g.shape[0] * UPSCALE), interpolation=cv2.INTER_CUBIC)
     return np.ascontiguousarray(cv2.copyMakeBorder(g, MARGIN, MARGIN, MARGIN, MARGIN, cv2.BORDER_CONSTANT, value=255))
+
+
+def otsu_crop(grey: np.ndarray) -> np.ndarray:
+    """The second reading's preprocessing, unlike the first's at each step: upscaled 2x (cubic, so the threshold
+    follows smooth stroke edges), binarised by OpenCV's global Otsu threshold (black ink on white) rather than by
+    tesseract, cropped to the ink's bounding box with a margin of half its height. The crop matters for psm 8 and
+    13, which have no line finder: tesseract's LSTM scales the whole image to its line height, and a 12-px word in
+    a 32-px sign shrinks too far (uncropped, psm 8 misreads some clean renders; cropped, it reads them all)."""
+    g = cv2.resize(grey, (grey.shape[1] * 2, grey.shape[0] * 2), interpolation=cv2.INTER_CUBIC)
+    g = cv2.threshold(g, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
+    ys, xs = np.nonzero(g == 0)
+    if len(ys):  # a blank image stays whole (and reads as nothing)
+        g = g[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    m = max(4, g.shape[0] // 2)
+    return np.ascontiguousarray(cv2.copyMakeBorder(g, m, m, m, m, cv2.BORDER_CONSTANT, value=255))
 
 
 class TesseractWorker:
@@ -85,8 +114,9 @@ class TesseractWorker:
 
     AHEAD = 2  # requests in flight
 
-    def __init__(self, library: str, whitelist: str, timeout: float, command: list[str] | None = None):
-        self.command = command or [sys.executable, str(WORKER_SCRIPT), library, whitelist]
+    def __init__(self, library: str, whitelist: str, timeout: float, command: list[str] | None = None,
+                 psm: int = 7):
+        self.command = command or [sys.executable, str(WORKER_SCRIPT), library, whitelist, str(psm)]
         self.timeout, self.proc, self.stderr = timeout, None, None
 
     def start(self) -> None:
@@ -169,16 +199,17 @@ class TesseractWorker:
         self.proc = None
 
 
-def read_with_command(images: np.ndarray, command: str = "tesseract") -> list[str]:
+def read_with_command(images: np.ndarray, command: str = "tesseract", psm: int = 7,
+                      preprocess: str = "none") -> list[str]:
     """uint8 [B, H, W, 3] -> what one `tesseract` command reads on each image (a list of PNG files, one page
     each): the reference the workers are tested and benchmarked against, and how this reward read before them."""
     with tempfile.TemporaryDirectory(prefix="visalign-ocr-") as d:
         paths = [os.path.join(d, f"{i:05d}.png") for i in range(len(images))]
         for path, img in zip(paths, images):
-            cv2.imwrite(path, to_grey(img))
+            cv2.imwrite(path, to_grey(img, preprocess))
         with open(os.path.join(d, "pages.txt"), "w") as f:
             f.write("\n".join(paths) + "\n")
-        res = subprocess.run([command, os.path.join(d, "pages.txt"), "stdout", "--psm", "7", "-c",
+        res = subprocess.run([command, os.path.join(d, "pages.txt"), "stdout", "--psm", str(psm), "-c",
                               f"tessedit_char_whitelist={text_world.ALPHABET}"], capture_output=True, check=True,
                              env={**os.environ, "OMP_THREAD_LIMIT": "1"})
     return ["".join(page.split()) for page in res.stdout.decode(errors="replace").split("\f")[: len(images)]]
@@ -192,18 +223,24 @@ class OCRReward(Reward):
     needs_text = True
     value_range = (0.0, 1.0)
 
-    def __init__(self, workers: int = 2, timeout: float = 120.0):
+    def __init__(self, workers: int = 2, timeout: float = 120.0, psm: int = 7, preprocess: str = "none"):
         if workers < 1:
             raise ValueError(f"ocr reward: workers must be >= 1, got {workers}")
+        if psm not in PSMS:
+            raise ValueError(f"ocr reward: psm must be one of "
+                             f"{', '.join(f'{k} ({v})' for k, v in PSMS.items())}, got {psm!r}")
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"ocr reward: preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
         library = tesseract_library()
-        self.pool = [TesseractWorker(library, text_world.ALPHABET, timeout) for _ in range(workers)]
+        self.preprocess = preprocess
+        self.pool = [TesseractWorker(library, text_world.ALPHABET, timeout, psm=int(psm)) for _ in range(workers)]
         self.lock = threading.Lock()  # a worker's pipe carries one batch at a time: callers on threads take turns
 
     def read(self, images: np.ndarray) -> list[str]:
         """uint8 [B, H, W, 3] -> what tesseract reads on each image; worker k reads the k-th of even shares."""
         shares = np.array_split(images, len(self.pool))  # sizes differ by at most one
         with self.lock, ThreadPoolExecutor(len(self.pool)) as threads:  # the work is in the worker processes
-            reads = threads.map(lambda w, s: w.read([to_grey(im) for im in s]), self.pool, shares)
+            reads = threads.map(lambda w, s: w.read([to_grey(im, self.preprocess) for im in s]), self.pool, shares)
             return [r for rs in reads for r in rs]
 
     def __call__(self, images, prompts, metadata=None) -> RewardOutput:
@@ -220,6 +257,9 @@ class OCRReward(Reward):
 
 @REWARDS.register("ocr", "1 - normalised edit distance between the prompt's text and tesseract's reading "
                   "(Flow-GRPO's OCR reward; needs the Debian package tesseract-ocr); options: workers (persistent "
-                  "tesseract processes, default 2), timeout (seconds per image)")
-def _ocr(workers: int = 2, timeout: float = 120.0):
-    return OCRReward(workers, timeout)
+                  "tesseract processes, default 2), timeout (seconds per image), psm (page segmentation mode: 6 = "
+                  "one block, 7 = one line (default), 8 = one word, 13 = one raw line), preprocess (none (default) "
+                  "or otsu-crop: 2x, OpenCV's Otsu binarisation, cropped to the ink); the judge of a run trained on "
+                  "the default: psm 8, preprocess otsu-crop")
+def _ocr(workers: int = 2, timeout: float = 120.0, psm: int = 7, preprocess: str = "none"):
+    return OCRReward(workers, timeout, psm, preprocess)

@@ -1,6 +1,6 @@
 """A persistent tesseract reader for the `ocr` reward (rewards/ocr.py), run as a script in a process of its own:
 
-    python tesseract_worker.py LIBRARY WHITELIST
+    python tesseract_worker.py LIBRARY WHITELIST PSM
 
 It loads the real tesseract's library (libtesseract, the engine of the Debian package tesseract-ocr) through
 tesseract's C API, once, then reads images from stdin until stdin closes. Starting tesseract (loading its English
@@ -10,8 +10,8 @@ noise-like images) out of the training process.
 
 Protocol (little-endian, no pickle): after loading, the worker writes READY. Request: height, width (uint32 each),
 then height * width bytes of an 8-bit grey image, row by row. Reply: the byte length of the text (uint32), then
-the UTF-8 text tesseract reads, one text line (page segmentation mode 7) through the whitelist. A load failure
-is one line on stderr and exit status 1.
+the UTF-8 text tesseract reads through the whitelist, with page segmentation mode PSM (7: one text line; the
+reward's option psm). A load failure is one line on stderr and exit status 1.
 
 Only the standard library: the script is run by path, so it does not import visalign (nor torch).
 """
@@ -21,10 +21,9 @@ import struct
 import sys
 
 READY = b"TESS"
-PSM_SINGLE_LINE = 7
 
 
-def load(library: str, whitelist: str):
+def load(library: str, whitelist: str, psm: int):
     """-> read(pixels, width, height) -> str, on one initialised TessBaseAPI."""
     lib = ctypes.CDLL(library)
     lib.TessBaseAPICreate.restype = ctypes.c_void_p
@@ -38,7 +37,7 @@ def load(library: str, whitelist: str):
     api = lib.TessBaseAPICreate()
     if lib.TessBaseAPIInit3(api, None, b"eng") != 0:  # None: tesseract's own tessdata directory, as the CLI
         raise RuntimeError("could not load tesseract's English model (eng.traineddata; Debian: tesseract-ocr-eng)")
-    lib.TessBaseAPISetPageSegMode(api, PSM_SINGLE_LINE)
+    lib.TessBaseAPISetPageSegMode(api, psm)
     if not lib.TessBaseAPISetVariable(api, b"tessedit_char_whitelist", whitelist.encode()):
         raise RuntimeError("this tesseract has no tessedit_char_whitelist variable")
 
@@ -53,9 +52,9 @@ def load(library: str, whitelist: str):
     return read
 
 
-def main(library: str, whitelist: str) -> int:
+def main(library: str, whitelist: str, psm: str) -> int:
     try:
-        read = load(library, whitelist)
+        read = load(library, whitelist, int(psm))
     except (OSError, RuntimeError, AttributeError) as e:  # AttributeError: a library without the C API
         print(f"{library}: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
@@ -74,4 +73,4 @@ def main(library: str, whitelist: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -527,7 +527,7 @@ def heldout_renders(per_category: int, seed: int, resolution: int = 32) -> tuple
 
 def measure_agreement(net: RewardNet, generators=("builtin:shapes-flow", "builtin:shapes-ddpm"),
                       per_category: int = 50, seed: int = 0, log=print) -> dict:
-    """Agreement of the learned reward with the exact verifier on HELD-OUT prompts:
+    """Agreement of the learned reward with the verifier on HELD-OUT prompts:
     - generator samples: each bundled generator's evaluation samples (`visalign eval`'s prompts, seeds and
       deterministic sampler, `per_category` per category)
     - renders: for the same items, a render of the prompt and a render of an edited spec (see heldout_renders)
