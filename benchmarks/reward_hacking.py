@@ -11,13 +11,15 @@ Arms (the KL weight is algorithm_options.kl_beta, a per-token KL to the frozen b
   rules-kl0.01, rules-kl0.1, rules-kl1
                  the same at larger KL weights ("KL limits reward hacking", DPOK and Flow-GRPO's claim, measured)
   default        the recipe as it stands (trained on the exact reading)
-A finished run is read back, not trained again, so arms can be run one command at a time and the table
-written at the end from all of them. Run one arm at a time on the 2 cores (VISALIGN_THREADS unset).
+A finished run is read back, not trained again, so arms can be run one command at a time (or two at once with
+VISALIGN_THREADS=1, one core each) and the table written at the end from all of them. Threads: torch's default
+(every core), or VISALIGN_THREADS.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", default="runs/hacking")
     args = ap.parse_args(argv)
+    if "VISALIGN_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
     arms = [a for name in args.arms for a in PRESETS.get(name, [name])]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:

@@ -11,10 +11,16 @@ from visalign.types import RewardOutput
 
 
 class _Bright(Reward):
+    """Mean brightness; rollouts come with the trainer's grouping, held-out evaluations (the training reward on
+    the eval images, for the hacking monitor) without."""
+
     needs_text = False
+    grouped = 0
 
     def __call__(self, images, prompts, metadata=None):
-        assert metadata["group_ids"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # the trainer passes the grouping
+        if metadata is not None:
+            assert metadata["group_ids"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # the trainer passes the grouping
+            _Bright.grouped += 1
         return RewardOutput(images.float().mean(dim=(1, 2, 3)))
 
 
@@ -31,9 +37,11 @@ def _over(tiny_dir, run, *extra):
 def test_combine_components_are_logged_and_reported(tiny_flow_model, tmp_path):
     tiny_flow_model.save_pretrained(tmp_path / "tiny")
     run = tmp_path / "run"
+    grouped = _Bright.grouped
     assert main(_over(tmp_path / "tiny", run, "reward=combine",
                       "reward_options.components.test_group_brightness.weight=1.0",
                       "reward_options.components.geneval_s.weight=0.5")) == 0
+    assert _Bright.grouped - grouped == 2  # one grouped call per rollout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
     assert len(rows) == 2
     for r in rows:

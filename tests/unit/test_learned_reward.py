@@ -63,6 +63,18 @@ def test_gradient_matches_finite_differences_in_float64(net):
     assert x.grad[0].abs().max() == 0  # sample 1's score does not depend on sample 0's pixels
 
 
+def test_other_resolutions_are_scored_at_the_networks_own(net):
+    """A judge of a model drawing the world at another size: the image is resized to the network's resolution
+    (16 here) first, with gradients through the resize."""
+    reward = LearnedGenEvalSReward(net=net)
+    small = _images(4, 16)
+    big = torch.nn.functional.interpolate(small, scale_factor=4, mode="nearest")  # the same picture at 64 px
+    assert torch.allclose(reward(big, PROMPTS).scores, reward(small, PROMPTS).scores, atol=1e-5)
+    big.requires_grad_(True)
+    reward(big, PROMPTS).scores.sum().backward()
+    assert big.grad.shape == big.shape and big.grad.abs().sum() > 0
+
+
 def test_a_sample_does_not_depend_on_its_batch(net):
     r = LearnedGenEvalSReward(net=net)
     x = _images(4)

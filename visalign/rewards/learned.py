@@ -37,7 +37,7 @@ class LearnedGenEvalSReward(Reward):
             self.net.to(images.device)
         size = self.net.config.resolution
         if images.shape[-2:] != (size, size):  # the world at another resolution: seen at the one it was trained on
-            images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+            images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="area")  # box average
         logit = self.net(images, list(prompts))  # [B], fp32
         return RewardOutput(torch.sigmoid(logit), {"logit": logit})
 
