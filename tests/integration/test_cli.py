@@ -16,6 +16,26 @@ def test_eval_oracle_writes_json(tmp_path, capsys):
     assert "overall" in capsys.readouterr().out
 
 
+def test_eval_prints_both_readings_per_category_and_the_extra_objects(tmp_path, capsys):
+    """Renders with one object nobody asked for: GenEval's rules let single_object through, the exact reading
+    does not; the table has both per category and the extra objects per image."""
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "oracle?distractors=1", "--per-category", "6", "--out", str(out),
+                 "--judge", "geneval_s?exact=true"]) == 0
+    printed = capsys.readouterr().out
+    header = printed.splitlines()[0].split()
+    assert header[:2] == ["category", "GenEval"] and "exact" in header and "objects" in header
+    single = next(line.split() for line in printed.splitlines() if line.startswith("single_object"))
+    assert single[1:] == ["1.000", "0.000", "1.00"]  # rules, exact, extra objects per image
+    res = json.loads(out.read_text())
+    assert res["categories"]["single_object"] == 1.0 and res["exact_categories"]["single_object"] == 0.0
+    assert res["extra"] > 0.5 and res["exact"] < res["overall"]
+    assert res["judges"]["geneval_s?exact=true"]["overall"] == pytest.approx(res["exact"])
+    assert "judge geneval_s?exact=true: overall" in printed
+    assert main(["eval", "--model", "oracle?distractors=-1"]) == 2
+    assert "oracle: distractors must be >= 0, got -1" in capsys.readouterr().err
+
+
 def test_eval_on_the_train_split_uses_the_train_prompts_with_the_same_seeds(tmp_path):
     from visalign.evaluate import eval_items
     from visalign.prompts import load_prompt_set

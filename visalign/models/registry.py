@@ -20,17 +20,20 @@ MODELS = Registry("model")
 
 
 class OracleGenerator:
-    """Renders each prompt exactly (a random scene satisfying it), optionally blurred and noised: it
-    measures the verifier, not a model."""
+    """Renders each prompt exactly (a random scene satisfying it), optionally blurred and noised, or with
+    `distractors` random objects nobody asked for beside it (what GenEval's rules let through and the exact
+    reading does not): it measures the verifier, not a model."""
 
-    def __init__(self, resolution: int = 32, blur: float = 0.0, noise: float = 0.0):
-        self.resolution, self.blur, self.noise = resolution, blur, noise
+    def __init__(self, resolution: int = 32, blur: float = 0.0, noise: float = 0.0, distractors: int = 0):
+        if distractors < 0:
+            raise ValueError(f"oracle: distractors must be >= 0, got {distractors}")
+        self.resolution, self.blur, self.noise, self.distractors = resolution, blur, noise, distractors
 
     def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
         out = []
         for p, s in zip(prompts, seeds):
             rng = np.random.default_rng(int(s))
-            img = render.render(grammar.parse_prompt(p), rng, self.resolution)
+            img = render.render(grammar.parse_prompt(p), rng, self.resolution, self.distractors)
             if self.blur or self.noise:
                 img = render.perturb(img, rng, self.blur, self.noise)
             out.append(img)
@@ -73,7 +76,8 @@ class PolicyGenerator:
         return np.concatenate(out)
 
 
-@MODELS.register("oracle", "renders the prompt exactly (options: blur, noise, resolution)")
+@MODELS.register("oracle", "renders the prompt exactly (options: blur, noise, resolution, distractors: random objects "
+                 "nobody asked for beside it)")
 def _oracle(**opts):
     return OracleGenerator(**opts)
 

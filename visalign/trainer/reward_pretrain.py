@@ -257,13 +257,7 @@ def render_spec(spec: Spec, rng: np.random.Generator, resolution: int, distracto
                 morph: bool = False) -> np.ndarray:
     """A render of spec, with up to `distractors` extra random objects where they fit (at most MAX_OBJECTS);
     with `morph`, objects drawn as morphed shapes (draw_morphed)."""
-    n = sum(o.count for o in spec.objects)
-    k = min(distractors, MAX_OBJECTS - n)
-    extra = tuple((SHAPES[rng.integers(len(SHAPES))], COLOR_NAMES[rng.integers(len(COLOR_NAMES))]) for _ in range(k))
-    try:
-        scene = render.sample_scene(spec, rng, resolution, extra)
-    except RuntimeError:  # could not place the distractors as well
-        scene = render.sample_scene(spec, rng, resolution)
+    scene = render.with_distractors(spec, rng, resolution, distractors)
     return draw_morphed(scene, resolution, rng) if morph else render.draw(scene, resolution)
 
 

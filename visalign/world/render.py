@@ -13,7 +13,7 @@ import numpy as np
 
 from .geometry import Box, gap, relations
 from .grammar import Spec
-from .vocab import BACKGROUND, COLOR_NAMES, COLORS
+from .vocab import BACKGROUND, COLOR_NAMES, COLORS, MAX_OBJECTS, SHAPES
 
 SUPERSAMPLE = 4
 MIN_SIZE, MAX_SIZE = 0.30, 0.38  # object box side as a fraction of the image side
@@ -108,8 +108,21 @@ def sample_scene(spec: Spec, rng: np.random.Generator, resolution: int = 32,
     return _place(rng, items + list(extra), resolution, spec.relation)
 
 
-def render(spec: Spec, rng: np.random.Generator, resolution: int = 32) -> np.ndarray:
-    return draw(sample_scene(spec, rng, resolution), resolution)
+def with_distractors(spec: Spec, rng: np.random.Generator, resolution: int, distractors: int) -> list[SceneObject]:
+    """A scene that satisfies spec plus up to `distractors` random objects nobody asked for, where they fit (at
+    most MAX_OBJECTS in all; without them when they cannot be placed)."""
+    k = min(distractors, MAX_OBJECTS - sum(o.count for o in spec.objects))
+    extra = tuple((SHAPES[rng.integers(len(SHAPES))], COLOR_NAMES[rng.integers(len(COLOR_NAMES))]) for _ in range(k))
+    try:
+        return sample_scene(spec, rng, resolution, extra)
+    except RuntimeError:
+        return sample_scene(spec, rng, resolution)
+
+
+def render(spec: Spec, rng: np.random.Generator, resolution: int = 32, distractors: int = 0) -> np.ndarray:
+    """A random render that satisfies spec; with `distractors`, objects nobody asked for beside it."""
+    scene = with_distractors(spec, rng, resolution, distractors) if distractors else sample_scene(spec, rng, resolution)
+    return draw(scene, resolution)
 
 
 def perturb(image: np.ndarray, rng: np.random.Generator, blur: float = 0.6, noise: float = 0.04) -> np.ndarray:
