@@ -63,9 +63,12 @@ def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bo
 
 
 def readings(verdicts: list[verify.Verdict]) -> dict[str, np.ndarray]:
-    """The verifier's per-image readings [N] the hacking monitor watches (visalign/monitor.py)."""
-    return {"geneval_rules": np.array([v.score for v in verdicts]), "exact": np.array([float(v.exact) for v in verdicts]),
-            "extra": np.array([float(v.extra) for v in verdicts])}
+    """The verifier's per-image readings [N] the hacking monitor watches (visalign/monitor.py): GenEval's rules,
+    the exact reading, extra objects, and `lenient`: passes GenEval's rules only because they let objects nobody
+    asked for in (rules and not exact), the share a policy raises when it learns that leniency."""
+    rules, exact = np.array([v.score for v in verdicts]), np.array([float(v.exact) for v in verdicts])
+    return {"geneval_rules": rules, "exact": exact, "extra": np.array([float(v.extra) for v in verdicts]),
+            "lenient": rules - exact}
 
 
 def reward_scores(reward, images: np.ndarray, prompts: list[str], batch: int = 64) -> np.ndarray:

@@ -7,7 +7,7 @@ Flow-GRPO and DPOK hold it back with a KL term. Here every evaluation scores the
 (same prompts, same seeds) by
 - the training reward (`reward`),
 - the readings the prompt set has of its own (GenEval-S: GenEval's rules, the exact reading, extra objects
-  per image), and
+  per image, and the images that pass GenEval's rules only with objects nobody asked for), and
 - judges: other rewards named by the recipe's `eval.judges`, with defaults per prompt set (`default_judges`).
 When the training reward rises beyond the evaluation's noise while a reading or a judge falls beyond it, the
 run says so in one line (`hacking_warning`). Noise: the change is paired (same prompts and seeds at every
@@ -25,8 +25,9 @@ from .registry import split_spec
 Z = 2.0  # standard errors of a paired change that count as beyond the evaluation's noise
 
 # Readings a prompt set has of its own (per image), lower-is-better ones marked; labels for the warning line.
-READINGS = {"geneval_rules": "GenEval's rules", "exact": "the exact reading", "extra": "extra objects per image"}
-LOWER_IS_BETTER = ("extra",)
+READINGS = {"geneval_rules": "GenEval's rules", "exact": "the exact reading", "extra": "extra objects per image",
+            "lenient": "images that pass GenEval's rules only with objects nobody asked for"}
+LOWER_IS_BETTER = ("extra", "lenient")
 
 # Learned preference rewards: each is judged by another one (DDPO's and Flow-GRPO's hacking checks).
 _LEARNED = ("clip_score", "pickscore", "hps", "aesthetic", "image_reward")

@@ -396,7 +396,7 @@ def test_evaluation_logs_both_readings_the_judges_and_per_image_scores(tiny_dir,
         assert set(r["eval_judges"]) == {"geneval_s?exact=true", "geneval_s_learned"}
         assert r["eval_judges"]["geneval_s?exact=true"] == pytest.approx(r["eval_exact"])  # the same images
     saved = json.loads((run / "evals" / "iter-000002.json").read_text())
-    assert set(saved["series"]) == {"reward", "geneval_rules", "exact", "extra", "geneval_s?exact=true",
+    assert set(saved["series"]) == {"reward", "geneval_rules", "exact", "extra", "lenient", "geneval_s?exact=true",
                                     "geneval_s_learned"}
     assert all(len(v) == 6 for v in saved["series"].values()) and len(saved["prompts"]) == 6  # 1 per category
     # the monitor compares every later evaluation with the base's per-image scores; its line reaches the record,

@@ -1,6 +1,9 @@
 """The hacking monitor (visalign/monitor.py): the paired change and its noise by hand, the warning on verifier
 readings of real renders, default judges per prompt set."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -88,3 +91,27 @@ def test_renders_are_what_the_helpers_say():
     r = readings([verify.verify(img, s) for img, s in zip(images, specs)])
     assert r["geneval_rules"].tolist() == [1, 0, 1, 0] and r["exact"].tolist() == [0, 0, 0, 0]
     assert r["extra"].tolist() == [1, 0, 1, 0]
+
+
+# Per-image scores of real runs (benchmarks/reward_hacking.py, seed 0): the base model's evaluation and the last
+# one, rounded to 4 decimals. The old default (trained on GenEval's rules) hacks them; the recipe as it stands
+# (trained on the exact reading) does not.
+DATA = Path(__file__).resolve().parent.parent / "data" / "hacking"
+
+
+@pytest.mark.parametrize("arm, warns", [("rules-kl0.001", True), ("default", False)])
+def test_the_warning_on_recorded_runs(arm, warns):
+    base, now = (json.loads((DATA / f"{arm}-seed0-iter-{it:06d}.json").read_text()) for it in (0, 640))
+    assert base["prompts"] == now["prompts"] and len(base["prompts"]) == 300
+    series = [{k: np.asarray(v) for k, v in e["series"].items()} for e in (base, now)]
+    assert all(np.array_equal(s["lenient"], s["geneval_rules"] - s["exact"]) for s in series)
+    line = monitor.hacking_warning(*series, monitor.READINGS)
+    if warns:
+        # GenEval's rules 0.520 -> 0.777 while the passes that need extra objects rose 0.080 -> 0.237
+        assert line is not None and "images that pass GenEval's rules only with objects nobody asked for rose" in line
+        assert series[1]["geneval_rules"].mean() > series[0]["geneval_rules"].mean()
+    else:
+        assert line is None
+        for name in ("geneval_rules", "exact"):  # both readings rose, extra objects fell
+            assert series[1][name].mean() > series[0][name].mean()
+        assert series[1]["extra"].mean() <= series[0]["extra"].mean()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import monitor
 from ..algorithms import load_algorithm
 from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
@@ -29,7 +30,6 @@ from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
 from ..policies import make_policy, policy_class
 from ..prompts import PromptSet, load_prompt_set
-from .. import monitor
 from ..rewards import load_reward, load_reward_spec
 from . import diagnostics
 from .checkpoint import EMA_PREFIX, ResumeError, atomic_write_text, ema_weights, load_checkpoint, save_checkpoint
