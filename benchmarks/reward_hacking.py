@@ -2,9 +2,10 @@
 (`geneval-s-ar-grpo`, what `make demo` runs) with a few settings changed, trained to its recipe's end, and judged
 on the held-out prompts by every reading the trainer logs: GenEval's rules, the exact reading (the named
 objects and nothing else), extra objects per image, the learned GenEval-S reward (a judge no arm trains on),
-per-prompt diversity, and whether the hacking monitor warned.
+per-prompt diversity, and the evaluations at which the hacking monitor warns (recomputed from each run's saved
+per-image scores, so every run is judged by the monitor as it is now).
 
-    python benchmarks/reward_hacking.py [--arms kl|default|all|NAME ...] [--seeds 0 1] [--out runs/hacking]
+    python benchmarks/reward_hacking.py [--arms kl|default|all|NAME ...] [--seeds 0 1] [--out runs/hacking] [--table]
 
 Arms (the KL weight is algorithm_options.kl_beta, a per-token KL to the frozen base, DPOK / Flow-GRPO's guard):
   rules-kl0.001  trained on GenEval's rules at the old default's KL (the recipe before the exact reading)
@@ -19,6 +20,7 @@ VISALIGN_THREADS=1, one core each) and the table written at the end from all of 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visalign import monitor
 from visalign.config import load_train_recipe
 from visalign.trainer.logging import read_metrics
 from visalign.trainer.trainer import Trainer
@@ -42,12 +45,16 @@ ARMS = {
 PRESETS = {"kl": ["rules-kl0.001", "rules-kl0.01", "rules-kl0.1"], "default": ["default"], "all": list(ARMS)}
 
 
-def run_arm(arm: str, seed: int, out: Path) -> list[dict]:
-    """Train one arm (or read it back when its run finished) -> its evaluation records."""
+def run_arm(arm: str, seed: int, out: Path, train: bool = True) -> list[dict] | None:
+    """Train one arm (or read it back when its run finished) -> its evaluation records; None when it has not
+    finished and `train` is off."""
     run = out / f"{arm}-seed{seed}"
     recipe, resolved = load_train_recipe(RECIPE, ARMS[arm] + [f"train.seed={seed}"])
     rows = read_metrics(run)
     if not (rows and rows[-1]["iteration"] == recipe.train.iterations and "eval_overall" in rows[-1]):
+        if not train:
+            print(f"{arm} seed {seed}: no finished run in {run}; left out of the table", flush=True)
+            return None
         if run.exists():
             import shutil
 
@@ -60,7 +67,16 @@ def run_arm(arm: str, seed: int, out: Path) -> list[dict]:
     return [r for r in rows if "eval_overall" in r]
 
 
-def row(arm: str, seed: int, evals: list[dict]) -> list[str]:
+def warned_at(run: Path) -> list[int]:
+    """The evaluations (iterations) at which the hacking monitor, as it is now, warns on the run's saved
+    per-image scores (RUN/evals): the table judges every run by the same monitor."""
+    load = lambda p: {k: np.asarray(v) for k, v in json.loads(p.read_text())["series"].items()}  # noqa: E731
+    paths = sorted((run / "evals").glob("iter-*.json"))
+    base = load(paths[0])
+    return [int(p.stem[5:]) for p in paths[1:] if monitor.hacking_warning(base, load(p), monitor.READINGS)]
+
+
+def row(arm: str, seed: int, evals: list[dict], warned: list[int]) -> list[str]:
     first, last = evals[0], evals[-1]
     judge = lambda r: r.get("eval_judges", {}).get("geneval_s_learned", float("nan"))  # noqa: E731
     return [arm, str(seed), f"{last['wall_s'] / 60:.1f}",
@@ -69,7 +85,7 @@ def row(arm: str, seed: int, evals: list[dict]) -> list[str]:
             f"{first['eval_extra']:.2f} -> {last['eval_extra']:.2f}",
             f"{judge(first):.3f} -> {judge(last):.3f}",
             f"{first['eval_diversity']:.3f} -> {last['eval_diversity']:.3f}",
-            "yes" if any(r.get("eval_hacking") for r in evals[1:]) else "no"]
+            f"at {', '.join(map(str, warned))}" if warned else "no"]
 
 
 def category_rows(arm: str, seed: int, evals: list[dict]) -> list[str]:
@@ -84,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", nargs="+", default=["all"], help=f"presets {list(PRESETS)} or arms {list(ARMS)}")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", default="runs/hacking")
+    ap.add_argument("--table", action="store_true", help="only write the table from the finished runs (train nothing)")
     args = ap.parse_args(argv)
     if "VISALIGN_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
@@ -93,11 +110,18 @@ def main(argv=None) -> int:
         print(f"unknown arms {unknown}; accepted: {', '.join(list(PRESETS) + list(ARMS))}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    results = [(arm, seed, run_arm(arm, seed, out)) for arm in dict.fromkeys(arms) for seed in args.seeds]
+    results = [(arm, seed, run_arm(arm, seed, out, train=not args.table)) for arm in dict.fromkeys(arms)
+               for seed in args.seeds]
+    results = [r for r in results if r[2] is not None]
+    if not results:
+        print(f"no finished runs in {out}", file=sys.stderr)
+        return 2
+    arms = [a for a in arms if any(r[0] == a for r in results)]
     head = ["arm", "seed", "train min", "GenEval's rules", "exact reading", "extra objects / image",
             "judge geneval_s_learned", "diversity", "hacking warning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row(arm, seed, ev)) + " |" for arm, seed, ev in results]
+    lines += ["| " + " | ".join(row(arm, seed, ev, warned_at(out / f"{arm}-seed{seed}"))) + " |"
+              for arm, seed, ev in results]
     cats = list(results[0][2][-1]["eval_categories"])
     lines += ["", "Per category at the end (GenEval's rules / exact reading / extra objects per image):", "",
               "| arm | seed | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 2)]
