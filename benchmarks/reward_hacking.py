@@ -76,12 +76,15 @@ def warned_at(run: Path) -> list[int]:
     return [int(p.stem[5:]) for p in paths[1:] if monitor.hacking_warning(base, load(p), monitor.READINGS)]
 
 
+def change(first: dict, last: dict, key: str) -> str:
+    return f"{first[key]:.3f} -> {last[key]:.3f} ({last[key] - first[key]:+.3f})"
+
+
 def row(arm: str, seed: int, evals: list[dict], warned: list[int]) -> list[str]:
     first, last = evals[0], evals[-1]
     judge = lambda r: r.get("eval_judges", {}).get("geneval_s_learned", float("nan"))  # noqa: E731
     return [arm, str(seed), f"{last['wall_s'] / 60:.1f}",
-            f"{first['eval_overall']:.3f} -> {last['eval_overall']:.3f} ({last['eval_overall'] - first['eval_overall']:+.3f})",
-            f"{first['eval_exact']:.3f} -> {last['eval_exact']:.3f} ({last['eval_exact'] - first['eval_exact']:+.3f})",
+            change(first, last, "eval_overall"), change(first, last, "eval_exact"),
             f"{first['eval_extra']:.2f} -> {last['eval_extra']:.2f}",
             f"{judge(first):.3f} -> {judge(last):.3f}",
             f"{first['eval_diversity']:.3f} -> {last['eval_diversity']:.3f}",
@@ -90,9 +93,9 @@ def row(arm: str, seed: int, evals: list[dict], warned: list[int]) -> list[str]:
 
 def category_rows(arm: str, seed: int, evals: list[dict]) -> list[str]:
     last = evals[-1]
-    return [f"| {arm} | {seed} | " + " | ".join(f"{last['eval_categories'][c]:.2f} / {last['eval_exact_categories'][c]:.2f}"
-                                                 f" / {last['eval_extra_categories'][c]:.2f}"
-                                                 for c in last["eval_categories"]) + " |"]
+    cells = [f"{last['eval_categories'][c]:.2f} / {last['eval_exact_categories'][c]:.2f} / "
+             f"{last['eval_extra_categories'][c]:.2f}" for c in last["eval_categories"]]
+    return [f"| {arm} | {seed} | " + " | ".join(cells) + " |"]
 
 
 def main(argv=None) -> int:
@@ -126,7 +129,8 @@ def main(argv=None) -> int:
     lines += ["", "Per category at the end (GenEval's rules / exact reading / extra objects per image):", "",
               "| arm | seed | " + " | ".join(cats) + " |", "|" + "---|" * (len(cats) + 2)]
     lines += [ln for arm, seed, ev in results for ln in category_rows(arm, seed, ev)]
-    gains = {arm: [ev[-1]["eval_exact"] - ev[0]["eval_exact"] for a, _, ev in results if a == arm] for arm in dict.fromkeys(arms)}
+    gains = {arm: [ev[-1]["eval_exact"] - ev[0]["eval_exact"] for a, _, ev in results if a == arm]
+             for arm in dict.fromkeys(arms)}
     lines += ["", "Mean gain of the exact reading over the seeds: "
               + ", ".join(f"{arm} {np.mean(g):+.3f}" for arm, g in gains.items())]
     table = "\n".join(lines)

@@ -77,7 +77,8 @@ def cmd_eval(args) -> None:
     result.update(model=args.model, split=args.split, prompt_set=args.prompts, reward=args.reward)
     print(format_table(result))
     for spec, j in result.get("judges", {}).items():
-        print(f"judge {spec}: overall {j['overall']:.3f}; " + ", ".join(f"{c} {v:.3f}" for c, v in j["categories"].items()))
+        cats = ", ".join(f"{c} {v:.3f}" for c, v in j["categories"].items())
+        print(f"judge {spec}: overall {j['overall']:.3f}; {cats}")
     print(f"{result['n']} images in {result['seconds']:.1f} s")
     if args.out:
         atomic_write_bytes(Path(args.out), json.dumps(result, indent=2).encode())
@@ -260,11 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="GenEval-S (or a prompt set's mean reward) on the held-out eval prompts")
     e.add_argument("--model", required=True, help=MODEL_HELP)
-    e.add_argument("--prompts", default="geneval-s", help="prompt set: geneval-s (the verifier: GenEval's rules and the "
-                   "exact reading), text, animals, "
+    e.add_argument("--prompts", default="geneval-s", help="prompt set: geneval-s (the verifier: GenEval's rules "
+                   "and the exact reading), text, animals, "
                    "file:PATH")
     e.add_argument("--reward", default=None, help="score by this reward's mean instead of the verifier (a set without "
-                   "one needs it: --prompts text --reward ocr); options as in model specs: 'ocr?psm=8&preprocess=otsu-crop'")
+                   "one needs it: --prompts text --reward ocr); options as in model specs: "
+                   "'ocr?psm=8&preprocess=otsu-crop'")
     e.add_argument("--judge", action="append", default=[], metavar="REWARD",
                    help="also score the same images by this reward, per category (repeatable): e.g. geneval_s_learned")
     e.add_argument("--per-category", type=int, default=50)

@@ -79,8 +79,8 @@ def reward_scores(reward, images: np.ndarray, prompts: list[str], batch: int = 6
     from .images import images_to_tensor
 
     with torch.no_grad():
-        return torch.cat([reward(images_to_tensor(images[i : i + batch]), list(prompts[i : i + batch])).scores.float().cpu()
-                          for i in range(0, len(prompts), batch)]).numpy()
+        return torch.cat([reward(images_to_tensor(images[i : i + batch]), list(prompts[i : i + batch]))
+                          .scores.float().cpu() for i in range(0, len(prompts), batch)]).numpy()
 
 
 def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed: int = 0, split: str = "eval") -> dict:

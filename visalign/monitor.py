@@ -106,7 +106,8 @@ def summary_lines(first: dict, last: dict, label: str) -> list[str]:
     if "eval_reward" in first and "eval_reward" in last:
         lines.append(f"held-out training reward: {arrow('eval_reward')}")
     for spec, value in last.get("eval_judges", {}).items():
-        lines.append(f"held-out judge {spec}: {first.get('eval_judges', {}).get(spec, float('nan')):.3f} -> {value:.3f}")
+        before = first.get("eval_judges", {}).get(spec, float("nan"))
+        lines.append(f"held-out judge {spec}: {before:.3f} -> {value:.3f}")
     if last.get("eval_hacking"):
         lines.append(f"warning: {last['eval_hacking']}")
     return lines

@@ -103,7 +103,8 @@ def category_table(first: dict, last: dict) -> str:
         cols += [("eval_exact_categories", "eval_exact", "exact reading", "{:.3f}"),
                  ("eval_extra_categories", "eval_extra", "extra objects per image", "{:.2f}")]
     head = "".join(f"<th colspan=3>{title}</th>" for _, _, title, _ in cols)
-    sub = f"<th>before (iter {first['iteration']})</th><th>after (iter {last['iteration']})</th><th>change</th>" * len(cols)
+    sub = (f"<th>before (iter {first['iteration']})</th><th>after (iter {last['iteration']})</th>"
+           "<th>change</th>") * len(cols)
     rows = [f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr><th></th>{head}</tr>"
             f"<tr><th>category</th>{sub}</tr>"]
     for c in first["eval_categories"]:

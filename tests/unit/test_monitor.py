@@ -39,7 +39,8 @@ def _renders(n: int, extra: bool, wrong: bool, seed: int = 0):
         if wrong and i % 2:
             images.append(draw([SceneObject("circle", "red", 9, 9, size)], 32))
         else:
-            objs = [SceneObject("square", "red", 9, 9, size)] + ([SceneObject("circle", "yellow", 23, 23, 10)] if extra else [])
+            objs = [SceneObject("square", "red", 9, 9, size)]
+            objs += [SceneObject("circle", "yellow", 23, 23, 10)] if extra else []
             images.append(draw(objs, 32))
     return images, [grammar.parse_prompt("a square")] * n
 

@@ -522,7 +522,8 @@ class Trainer:
     def judge(self, res: dict) -> dict[str, np.ndarray]:
         """Per-image scores [N] of the evaluated images: the training reward, the prompt set's own readings
         (GenEval-S: rules, exact, extra objects) and every judge."""
-        series = {"reward": res["scores"] if "scores" in res else reward_scores(self.reward, res["images"], res["prompts"])}
+        scores = res.get("scores")  # a set without a verifier was scored by the training reward already
+        series = {"reward": scores if scores is not None else reward_scores(self.reward, res["images"], res["prompts"])}
         series.update(res.get("readings", {}))
         for spec, judge in self.judges.items():
             series[spec] = reward_scores(judge, res["images"], res["prompts"])
@@ -563,7 +564,8 @@ class Trainer:
             rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
             self.metrics.write(rec)
             records.append(rec)
-            exact = f", exact reading {rec['eval_exact']:.3f}, extra objects {rec['eval_extra']:.2f}" if "eval_exact" in rec else ""
+            exact = (f", exact reading {rec['eval_exact']:.3f}, extra objects {rec['eval_extra']:.2f}"
+                     if "eval_exact" in rec else "")
             self.log(f"iteration 0: held-out {self.eval_label} {rec.get('eval_overall', float('nan')):.3f}{exact}")
         bar = None
         if self.progress:
