@@ -100,7 +100,8 @@ def summary_lines(first: dict, last: dict, label: str) -> list[str]:
     evaluated by, the exact reading and extra objects where the prompt set has them, the training reward
     and each judge, and the hacking warning if the last evaluation raised it."""
     arrow = lambda key: f"{first[key]:.3f} -> {last[key]:.3f}"  # noqa: E731
-    lines = [f"held-out {label}: {arrow('eval_overall')}"]
+    rules = " (GenEval's rules)" if "eval_exact" in last else ""
+    lines = [f"held-out {label}{rules}: {arrow('eval_overall')}"]
     if "eval_exact" in last:
         lines.append(f"held-out exact reading: {arrow('eval_exact')}; extra objects per image: {arrow('eval_extra')}")
     same = lambda key: key in last and all(abs(r["eval_reward"] - r[key]) < 1e-9 for r in (first, last))  # noqa: E731
