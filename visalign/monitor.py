@@ -104,7 +104,7 @@ def summary_lines(first: dict, last: dict, label: str) -> list[str]:
     lines = [f"held-out {label}{rules}: {arrow('eval_overall')}"]
     if "eval_exact" in last:
         lines.append(f"held-out exact reading: {arrow('eval_exact')}; extra objects per image: {arrow('eval_extra')}")
-    same = lambda key: key in last and all(abs(r["eval_reward"] - r[key]) < 1e-9 for r in (first, last))  # noqa: E731
+    same = lambda key: key in last and all(abs(r["eval_reward"] - r[key]) < 1e-6 for r in (first, last))  # noqa: E731
     if "eval_reward" in first and "eval_reward" in last and not same("eval_overall") and not same("eval_exact"):
         lines.append(f"held-out training reward: {arrow('eval_reward')}")  # a reward other than the score above
     for spec, value in last.get("eval_judges", {}).items():

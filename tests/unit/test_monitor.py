@@ -116,3 +116,16 @@ def test_the_warning_on_recorded_runs(arm, warns):
         for name in ("geneval_rules", "exact"):  # both readings rose, extra objects fell
             assert series[1][name].mean() > series[0][name].mean()
         assert series[1]["extra"].mean() <= series[0]["extra"].mean()
+
+
+def test_console_summary_names_both_readings_and_shows_the_training_reward_only_when_it_is_another_score():
+    first = {"eval_overall": 0.52, "eval_exact": 0.44, "eval_extra": 0.193, "eval_reward": np.float32(0.44).item(),
+             "eval_judges": {"geneval_s_learned": 0.508}}
+    last = {"eval_overall": 0.793, "eval_exact": 0.787, "eval_extra": 0.013, "eval_reward": np.float32(0.787).item(),
+            "eval_judges": {"geneval_s_learned": 0.638}, "eval_hacking": "reward hacking: ..."}
+    lines = monitor.summary_lines(first, last, "GenEval-S")
+    assert lines == ["held-out GenEval-S (GenEval's rules): 0.520 -> 0.793",
+                     "held-out exact reading: 0.440 -> 0.787; extra objects per image: 0.193 -> 0.013",
+                     "held-out judge geneval_s_learned: 0.508 -> 0.638", "warning: reward hacking: ..."]
+    first["eval_reward"], last["eval_reward"] = 0.3, 0.6  # e.g. a combined reward: its own line
+    assert "held-out training reward: 0.300 -> 0.600" in monitor.summary_lines(first, last, "GenEval-S")
