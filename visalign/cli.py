@@ -46,7 +46,7 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     import numpy as np
 
-    from .evaluate import evaluate, evaluate_reward, format_table, reward_scores
+    from .evaluate import category_means, evaluate, evaluate_reward, format_table, reward_scores
     from .models.registry import load_generator
     from .prompts import load_prompt_set
     from .rewards import load_reward_spec
@@ -70,7 +70,7 @@ def cmd_eval(args) -> None:
         result["judges"] = {}
         for spec, judge in judges.items():
             scores = reward_scores(judge, result["images"], result["prompts"])  # [N]
-            per = {c: float(scores[[i for i, k in enumerate(cats) if k == c]].mean()) for c in result["categories"]}
+            per = category_means(cats, scores, result["categories"])
             result["judges"][spec] = {"overall": float(np.mean(list(per.values()))), "categories": per}
     result = {k: v for k, v in result.items() if k not in ("images", "prompts", "scores", "correct", "readings")}
     result["seconds"] = round(time.time() - start, 2)

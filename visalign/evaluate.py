@@ -24,8 +24,9 @@ def score_images(images: np.ndarray, prompts: list[str]) -> list[verify.Verdict]
     return [verify.verify(img, grammar.parse_prompt(p)) for img, p in zip(images, prompts)]
 
 
-def _per_category(categories: list[str], values: list[float]) -> dict[str, float]:
-    per = {c: [v for cat, v in zip(categories, values) if cat == c] for c in CATEGORIES}
+def category_means(categories: list[str], values, names=CATEGORIES) -> dict[str, float]:
+    """Mean of per-image values by category (the image's category in `categories`), for each of `names`."""
+    per = {c: [v for cat, v in zip(categories, values) if cat == c] for c in names}
     return {c: float(np.mean(s)) if s else 0.0 for c, s in per.items()}
 
 
@@ -33,9 +34,9 @@ def summarize(categories: list[str], verdicts: list[verify.Verdict]) -> dict:
     """Both readings per category and overall (mean of the six, as GenEval): `categories` / `overall` under
     GenEval's rules, `exact_*` under the exact reading; `extra_*` objects nobody asked for per image, `stray`
     foreground share outside the named objects, `partial` GenEval's partial credit."""
-    cats = _per_category(categories, [v.score for v in verdicts])
-    exact = _per_category(categories, [float(v.exact) for v in verdicts])
-    extra = _per_category(categories, [float(v.extra) for v in verdicts])
+    cats = category_means(categories, [v.score for v in verdicts])
+    exact = category_means(categories, [float(v.exact) for v in verdicts])
+    extra = category_means(categories, [float(v.extra) for v in verdicts])
     mean = lambda xs: float(np.mean(xs)) if verdicts else 0.0  # noqa: E731
     return {"overall": mean(list(cats.values())), "categories": cats, "n": len(verdicts),
             "exact": mean(list(exact.values())), "exact_categories": exact,
@@ -92,7 +93,7 @@ def evaluate_reward(generator, reward, prompt_set, per_category: int = 50, seed:
     cats, prompts, seeds = zip(*prompt_set.eval_items(per_category, seed, split))
     images = generator.generate(list(prompts), list(seeds))
     scores = reward_scores(reward, images, list(prompts))  # [N]
-    per = {c: float(scores[[i for i, k in enumerate(cats) if k == c]].mean()) for c in prompt_set.categories}
+    per = category_means(cats, scores, prompt_set.categories)
     return {"overall": float(np.mean(list(per.values()))), "categories": per, "n": len(prompts),
             "images": images, "prompts": list(prompts), "scores": scores}
 
