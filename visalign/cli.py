@@ -105,16 +105,18 @@ def cmd_pretrain(args) -> None:
         reward_pretrain(model_cfg, recipe.train, args.out, log=lambda m: print(m, flush=True))
         print(f"reward model trained in {(time.time() - start) / 60:.1f} min; written to {args.out}")
         return
-    from .trainer import token_pretrain
+    from .trainer import pipeline_pretrain, token_pretrain
 
-    if data.get("kind") in token_pretrain.KINDS:  # the autoregressive family: VQ tokenizer, token GPT
-        start = time.time()
-        token_pretrain.run_recipe(data, args.out, log=lambda m: print(m, flush=True))
-        print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
-        return
+    # the autoregressive family (VQ tokenizer, token GPT); the diffusers pipelines (VAE, SD3, SD1.5)
+    for module in (token_pretrain, pipeline_pretrain):
+        if data.get("kind") in module.KINDS:
+            start = time.time()
+            module.run_recipe(data, args.out, log=lambda m: print(m, flush=True))
+            print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
+            return
     if data.get("kind") != "pretrain":
-        raise ValueError(f"recipe '{args.recipe}' is not a pretraining recipe (kind: {data.get('kind')}; "
-                         f"accepted: pretrain, reward_pretrain, {', '.join(token_pretrain.KINDS)})")
+        raise ValueError(f"recipe '{args.recipe}' is not a pretraining recipe (kind: {data.get('kind')}; accepted: "
+                         f"pretrain, reward_pretrain, {', '.join(token_pretrain.KINDS + pipeline_pretrain.KINDS)})")
     data.pop("kind")
     recipe = build(PretrainRecipe, data)
     init = None

@@ -18,6 +18,10 @@ float32), resolution (image side in pixels; default the pipeline's), flux_guidan
 guidance value, default 3.5, used when the transformer embeds guidance), max_sequence_length (T5 tokens;
 default the pipeline's, 256 for SD3 and 512 for FLUX).
 
+A pipeline folder with a `sampling.json` (the bundled shapes pipelines, models/shapes_pipelines.py) brings its
+sampling defaults: num_inference_steps, guidance_scale and max_sequence_length, the pipeline-call arguments
+it was trained with.
+
 Prompt encodings are cached per prompt string (the text encoders are frozen, run under no_grad). "" is
 the unconditional prompt, encoded as the pipeline encodes its default negative prompt (SDXL: zeros when
 `force_zeros_for_empty_prompt`).
@@ -32,6 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .shapes_pipelines import quiet, read_sampling
 
 SUPPORTED = {
     "StableDiffusionPipeline": "sd",
@@ -90,7 +96,6 @@ def _looks_like_path(name: str) -> bool:
 def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
     """DiffusionPipeline.from_pretrained(name, local_files_only=True); every failure is one ValueError line."""
     from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as dlogging
 
     path = Path(name).expanduser()
     if _looks_like_path(name):
@@ -115,17 +120,16 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
     cls = config.get("_class_name")
     if cls not in SUPPORTED:
         raise ValueError(f"diffusers model '{name}' is a {cls}; supported pipelines: {', '.join(SUPPORTED)}")
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()  # no progress/info chatter while loading
+    # components saved as absent ([null, null] in model_index.json, e.g. SD3 without T5) are passed as None,
+    # the documented way to load a pipeline without them
+    absent = {k: None for k, v in config.items() if not k.startswith("_") and v in ([None, None], (None, None))}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet():  # no progress/info chatter while loading
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = DiffusionPipeline.from_pretrained(source, local_files_only=True, dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(source, local_files_only=True, dtype=dtype, **absent)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"diffusers model '{name}' ({cls}) failed to load offline with local_files_only=True: "
                          f"{_first_line(e)}") from None
-    finally:
-        dlogging.set_verbosity(verbosity)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -141,7 +145,15 @@ def load_diffusers(name: str, **options):
     if unknown:
         raise ValueError(f"model 'diffusers:{name}' does not take options {unknown}; accepted: {', '.join(OPTIONS)}")
     dt = _dtype(options.pop("dtype", "float32"))
-    return adapter_for(load_pipeline(name, dt), dtype=dt, **options)
+    pipe = load_pipeline(name, dt)
+    path = Path(name).expanduser()
+    sampling = read_sampling(path) if path.is_dir() else {}
+    if "max_sequence_length" in sampling:
+        options.setdefault("max_sequence_length", sampling["max_sequence_length"])
+    adapter = adapter_for(pipe, dtype=dt, **options)
+    adapter.default_steps = int(sampling.get("num_inference_steps", adapter.default_steps))
+    adapter.default_guidance = float(sampling.get("guidance_scale", adapter.default_guidance))
+    return adapter
 
 
 def adapter_for(pipe, dtype: torch.dtype | str | None = None, resolution: int | None = None,
@@ -384,7 +396,8 @@ class DiffusersFlowAdapter(_DiffusersAdapter):
         cfg = pipe.scheduler.config
         self.num_train_timesteps = int(cfg.num_train_timesteps)
         self.flux_guidance = float(flux_guidance)
-        self.max_sequence_length = int(max_sequence_length or (256 if kind == "sd3" else 512))
+        self.max_sequence_length = int((256 if kind == "sd3" else 512) if max_sequence_length is None
+                                       else max_sequence_length)
         self.default_shift = self._shift()
 
     def _default_resolution(self) -> int:

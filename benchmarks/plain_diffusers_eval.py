@@ -1,0 +1,140 @@
+"""Held-out GenEval-S of a diffusers pipeline folder, sampled by plain diffusers: how a user checks our claims
+without trusting visalign's sampler. It imports diffusers, torch and the GenEval-S verifier (visalign.world)
+only.
+
+    python benchmarks/plain_diffusers_eval.py PIPELINE_DIR [--lora EXPORT_DIR] [--per-category 50] [--seed 0]
+        [--split held-out|train] [--steps N] [--guidance W] [--out result.json] [--against visalign-eval.json]
+
+The folder is loaded with `<Pipeline>.from_pretrained(dir)` (components saved as absent, e.g. SD3's T5, are
+passed as None, the documented way to drop them); `--lora` calls `pipe.load_lora_weights(dir)` on a
+`visalign export --format diffusers-lora` folder. Sampling arguments default to the folder's sampling.json (the
+bundled pipelines carry one), else the pipeline's own defaults. Every image has its own `torch.Generator`
+seeded as `visalign eval` seeds it (item i of category c: seed * 1,000,000 + 10,000 c + i), and SD3 gets the
+sigmas linspace(1, 0, steps + 1)[:-1] (its pipeline otherwise stops at sigma 1/1000 instead of 0). So for the
+same steps and guidance the images are `visalign eval --model diffusers:DIR`'s, and `--against` (the JSON
+`visalign eval --out` wrote) prints the difference per category.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visalign.world import grammar, verify
+from visalign.world.vocab import CATEGORIES
+
+
+def items(per_category: int, seed: int, split: str) -> list[tuple[str, str, int]]:
+    """[(category, prompt, seed)]: `visalign eval`'s items (split: eval = held-out prompts, or train)."""
+    return [(cat, ps[i % len(ps)], seed * 1_000_000 + 10_000 * ci + i)
+            for ci, cat in enumerate(CATEGORIES) for ps in [grammar.prompts(cat, split)] for i in range(per_category)]
+
+
+def load(path: str, lora: str | None):
+    import diffusers
+
+    config = json.loads((Path(path) / "model_index.json").read_text())
+    absent = {k: None for k, v in config.items() if not k.startswith("_") and v == [None, None]}
+    pipe = getattr(diffusers, config["_class_name"]).from_pretrained(path, dtype=torch.float32, **absent)
+    pipe.set_progress_bar_config(disable=True)
+    if lora:
+        pipe.load_lora_weights(lora)
+    return pipe
+
+
+def call_args(pipe, path: str, steps: int | None, guidance: float | None) -> dict:
+    f = Path(path) / "sampling.json"
+    kw = json.loads(f.read_text()) if f.is_file() else {}
+    if steps is not None:
+        kw["num_inference_steps"] = steps
+    if guidance is not None:
+        kw["guidance_scale"] = guidance
+    if type(pipe).__name__ == "StableDiffusion3Pipeline":
+        n = kw.get("num_inference_steps", 28)
+        kw["sigmas"] = list(np.linspace(1.0, 0.0, n + 1)[:-1])
+    return kw
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], kw: dict, batch: int = 50) -> np.ndarray:
+    """uint8 [N, H, W, 3], one generator per image."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
+        with torch.no_grad():
+            x = pipe(prompts[i : i + batch], generator=gens, output_type="pt", **kw).images  # [B, 3, H, W] in [0, 1]
+        out.append((x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def score(images: np.ndarray, its: list[tuple[str, str, int]]) -> dict:
+    """GenEval's rules, the exact reading and extra objects per image, per category and overall (mean of six)."""
+    verdicts = [verify.verify(img, grammar.parse_prompt(p)) for img, (_, p, _) in zip(images, its)]
+    res = {}
+    for name, get in (("geneval_rules", lambda v: v.score), ("exact", lambda v: float(v.exact)),
+                      ("extra", lambda v: float(v.extra))):
+        per = {c: float(np.mean([get(v) for v, (cat, _, _) in zip(verdicts, its) if cat == c])) for c in CATEGORIES}
+        res[name] = {"overall": float(np.mean(list(per.values()))), "categories": per}
+    return res
+
+
+def table(res: dict, against: dict | None = None) -> str:
+    lines = [f"{'category':<14} {'GenEval rules':>13} {'exact':>6} {'extra objects':>13}"
+             + (f" {'visalign eval':>13} {'diff':>7}" if against else "")]
+    for c in [*CATEGORIES, "overall"]:
+        get = lambda name: res[name]["overall"] if c == "overall" else res[name]["categories"][c]  # noqa: E731
+        row = f"{c:<14} {get('geneval_rules'):>13.3f} {get('exact'):>6.3f} {get('extra'):>13.2f}"
+        if against:
+            theirs = against["overall"] if c == "overall" else against["categories"][c]
+            row += f" {theirs:>13.3f} {get('geneval_rules') - theirs:>+7.3f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("pipeline", help="a diffusers pipeline folder (model_index.json)")
+    p.add_argument("--lora", default=None, help="a `visalign export --format diffusers-lora` folder to load")
+    p.add_argument("--per-category", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("held-out", "train"), default="held-out")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--out", default=None, help="write the result as JSON")
+    p.add_argument("--against", default=None, help="a `visalign eval --out` JSON to print the difference to")
+    a = p.parse_args(argv)
+    if not (Path(a.pipeline) / "model_index.json").is_file():
+        print(f"error: {a.pipeline} holds no model_index.json; give a diffusers pipeline folder", file=sys.stderr)
+        return 2
+    if "VISALIGN_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
+    its = items(a.per_category, a.seed, "eval" if a.split == "held-out" else "train")
+    pipe = load(a.pipeline, a.lora)
+    kw = call_args(pipe, a.pipeline, a.steps, a.guidance)
+    start = time.time()
+    images = generate(pipe, [p for _, p, _ in its], [s for _, _, s in its], kw)
+    res = score(images, its)
+    res.update(pipeline=a.pipeline, lora=a.lora, split=a.split, per_category=a.per_category, seed=a.seed,
+               call={k: v for k, v in kw.items() if k != "sigmas"})
+    against = json.loads(Path(a.against).read_text()) if a.against else None
+    print(f"plain diffusers: {type(pipe).__name__} {a.pipeline}" + (f" + LoRA {a.lora}" if a.lora else "")
+          + f", {a.split} GenEval-S ({a.per_category} per category, seed {a.seed}), {res['call']}")
+    print(table(res, against))
+    print(f"{len(its)} images in {time.time() - start:.1f} s")
+    if a.out:
+        fd, tmp = tempfile.mkstemp(dir=Path(a.out).resolve().parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(res, f, indent=2)
+        os.replace(tmp, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
