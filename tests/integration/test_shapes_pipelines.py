@@ -214,3 +214,14 @@ train: {{iterations: 1, batch_size: 4, group_size: 2, lr: 0.05, finetune: lora, 
     with_lora = plain.generate(plain.load(str(tiny / "sd3"), str(tmp_path / "lora")), prompts, seeds, kw)
     assert int(np.abs(with_lora.astype(int) - ours.astype(int)).max()) <= 1
     assert int(np.abs(with_lora.astype(int) - base.astype(int)).max()) > 2  # the LoRA is not a no-op
+
+
+def test_bundled_vae_keeps_what_the_verifier_checks():
+    """builtin:shapes-vae (fp16 weights, loaded in fp32): the oracle's held-out renders encoded and decoded pass
+    the verifier as the renders do, under both readings."""
+    from visalign.trainer.pipeline_pretrain import load_vae, round_trip
+
+    vae = load_vae("builtin:shapes-vae")
+    assert vae.config.latent_channels == 4 and vae.config.block_out_channels == [16, 32]  # 16x16x4 latents
+    res = round_trip(vae, per_category=20)
+    assert res["round_trip"] >= 0.99 and res["round_trip_exact"] >= 0.99, res
