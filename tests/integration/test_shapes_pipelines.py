@@ -225,3 +225,19 @@ def test_bundled_vae_keeps_what_the_verifier_checks():
     assert vae.config.latent_channels == 4 and vae.config.block_out_channels == [16, 32]  # 16x16x4 latents
     res = round_trip(vae, per_category=20)
     assert res["round_trip"] >= 0.99 and res["round_trip_exact"] >= 0.99, res
+
+
+def test_pretraining_goes_on_from_a_saved_pipeline(tiny, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    recipe = _recipe(tmp_path, "sd3_pretrain", {}, init=str(tiny / "sd3"))
+    assert main(["pretrain", str(recipe), "--out", str(tmp_path / "more")]) == 0
+    assert sp.read_sampling(tmp_path / "more") == sp.read_sampling(tiny / "sd3")  # its defaults come with it
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    before, after = load_file(str(tiny / "sd3" / name)), load_file(str(tmp_path / "more" / name))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    bad = _recipe(tmp_path, "sd15_pretrain", {}, init=str(tiny / "sd3"))
+    capsys.readouterr()
+    assert main(["pretrain", str(bad), "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "StableDiffusion3Pipeline" in err[0] and "StableDiffusionPipeline" in err[0]

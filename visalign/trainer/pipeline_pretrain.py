@@ -40,6 +40,7 @@ class PipelinePretrainRecipe:
     name: str
     description: str = ""
     vae: str = "builtin:shapes-vae"  # sd3/sd15: the frozen VAE (builtin:shapes-vae or a folder vae_pretrain wrote)
+    init: str = ""  # sd3/sd15: go on training this pipeline folder (its own VAE and config; model: is ignored)
     model: dict = field(default_factory=dict)  # VAEConfig, SD3Config or SD15Config fields
     kl_weight: float = 1e-4  # vae: KL per latent element against MSE per pixel
     timestep_sampling: str = "logit_normal"  # sd3/sd15: logit_normal (SD3) | uniform
@@ -192,20 +193,29 @@ def denoiser_pretrain(kind: str, cfg, recipe: PipelinePretrainRecipe, out: str |
     """Train a new shapes-sd3 or shapes-sd15 pipeline around the recipe's frozen VAE."""
     from ..models.diffusers_adapter import adapter_for
 
+    from ..models.diffusers_adapter import load_pipeline
+
     t = recipe.train
     torch.manual_seed(t.seed)
-    vae = load_vae(recipe.vae)
-    with sp.quiet():
-        pipe = (sp.build_sd3 if kind == "sd3" else sp.build_sd15)(cfg, vae)
+    if recipe.init:  # go on training a saved pipeline: its sampling defaults come with it
+        pipe = load_pipeline(recipe.init)
+        if type(pipe).__name__ != sp.PIPELINES[kind]:
+            raise ConfigError(f"init '{recipe.init}' is a {type(pipe).__name__}; {kind}_pretrain goes on training a "
+                              f"{sp.PIPELINES[kind]}")
+        sampling = sp.read_sampling(recipe.init) or sp.sampling_defaults(cfg)
+    else:
+        with sp.quiet():
+            pipe = (sp.build_sd3 if kind == "sd3" else sp.build_sd15)(cfg, load_vae(recipe.vae))
+        sampling = sp.sampling_defaults(cfg)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(t.device)
-    msl = getattr(cfg, "max_sequence_length", 0)
+    msl = int(sampling.get("max_sequence_length", 0))
     adapter = adapter_for(pipe, max_sequence_length=msl if kind == "sd3" else None)  # freezes VAE and text encoders
+    vae = pipe.vae
     texts = {n: m for n, m in pipe.components.items() if n.startswith("text_encoder") and isinstance(m, nn.Module)}
-    parts = {"denoiser": adapter.module}
+    parts = {"denoiser": adapter.module.requires_grad_(True)}
     if recipe.text_encoders == "train":
         parts.update({n: m.requires_grad_(True) for n, m in texts.items()})
-    sampling = sp.sampling_defaults(cfg)
     gen = torch.Generator().manual_seed(t.seed)
 
     def save(path: Path, dtype) -> None:
