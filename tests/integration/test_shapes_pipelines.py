@@ -241,3 +241,30 @@ def test_pretraining_goes_on_from_a_saved_pipeline(tiny, tmp_path, capsys):
     assert main(["pretrain", str(bad), "--out", str(tmp_path / "x")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "StableDiffusion3Pipeline" in err[0] and "StableDiffusionPipeline" in err[0]
+
+
+def test_bundled_sd3_in_plain_diffusers_draws_what_visalign_eval_draws():
+    """builtin:shapes-sd3 is an ordinary pipeline folder: plain diffusers loads it with no visalign import, and
+    with the same steps, guidance and seeds draws visalign's images (so the same held-out scores)."""
+    from visalign.models.registry import WEIGHTS_DIR, load_generator
+
+    path = WEIGHTS_DIR / "shapes-sd3"
+    code = f"""
+import sys, json, torch
+from diffusers import StableDiffusion3Pipeline
+pipe = StableDiffusion3Pipeline.from_pretrained({str(path)!r}, text_encoder_3=None, tokenizer_3=None)
+pipe.set_progress_bar_config(disable=True)
+img = pipe("a red circle", generator=torch.Generator().manual_seed(0), output_type="np",
+           **json.load(open({str(path / "sampling.json")!r}))).images
+assert img.shape == (1, 32, 32, 3) and not any(m.startswith("visalign") for m in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    its = plain.items(2, 0, "eval")
+    prompts, seeds = [p for _, p, _ in its], [s for _, _, s in its]
+    pipe = plain.load(str(path), None)
+    theirs = plain.generate(pipe, prompts, seeds, plain.call_args(pipe, str(path), None, None))
+    ours = load_generator("builtin:shapes-sd3").generate(prompts, seeds)
+    assert int(np.abs(ours.astype(int) - theirs.astype(int)).max()) <= 1
+    assert plain.score(theirs, its) == plain.score(ours, its)

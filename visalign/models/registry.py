@@ -145,6 +145,15 @@ def _diffusers(path: str, **opts):
     return load_diffusers(path, **opts)
 
 
+@MODELS.register("builtin:shapes-sd3", "bundled StableDiffusion3Pipeline of the shapes world (MMDiT over builtin:shapes-vae "
+                 "latents, two CLIP text encoders, no T5; 3.7M params), loaded by the diffusers adapter as a user's "
+                 "SD3 is (options: path, dtype, max_sequence_length)")
+def _shapes_sd3(path: str | None = None, **opts):
+    from .diffusers_adapter import load_diffusers
+
+    return load_diffusers(str(path or WEIGHTS_DIR / "shapes-sd3"), **opts)
+
+
 def load_model(spec: str):
     """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
     for the oracle). A directory path loads a built-in model saved with save_pretrained."""
