@@ -196,7 +196,7 @@ model: "diffusers:{tiny / 'sd3'}"
 reward: test_pipelines_brightness
 algorithm: grpo
 sampling: {{kind: flow, steps: 3, guidance_scale: 3.0, noise_level: 0.7}}
-train: {{iterations: 1, batch_size: 4, group_size: 2, lr: 0.05, finetune: lora, lora_rank: 4, lora_alpha: 8.0,
+train: {{iterations: 1, batch_size: 4, group_size: 2, lr: 0.5, finetune: lora, lora_rank: 4, lora_alpha: 64.0,
         lora_targets: [to_q, to_k, to_v, to_out.0, add_q_proj, add_k_proj, add_v_proj],
         eval_per_category: 1, eval_every: 1, checkpoint_every: 1, diagnose_every: 0}}
 """)
@@ -213,7 +213,8 @@ train: {{iterations: 1, batch_size: 4, group_size: 2, lr: 0.05, finetune: lora, 
     base = plain.generate(base_pipe, prompts, seeds, kw)
     with_lora = plain.generate(plain.load(str(tiny / "sd3"), str(tmp_path / "lora")), prompts, seeds, kw)
     assert int(np.abs(with_lora.astype(int) - ours.astype(int)).max()) <= 1
-    assert int(np.abs(with_lora.astype(int) - base.astype(int)).max()) > 2  # the LoRA is not a no-op
+    moved = int(np.abs(with_lora.astype(int) - base.astype(int)).max())
+    assert moved > 8, moved  # the LoRA is not a no-op
 
 
 def test_bundled_vae_keeps_what_the_verifier_checks():
