@@ -269,3 +269,19 @@ assert img.shape == (1, 32, 32, 3) and not any(m.startswith("visalign") for m in
     ours = load_generator("builtin:shapes-sd3").generate(prompts, seeds)
     assert int(np.abs(ours.astype(int) - theirs.astype(int)).max()) <= 1
     assert plain.score(theirs, its) == plain.score(ours, its)
+
+
+def test_tokenizer_folders_hold_the_bpe_files_transformers_4_reads(tmp_path):
+    """Beside tokenizer.json (transformers 5), vocab.json + merges.txt alone give the same ids."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from visalign.models.registry import WEIGHTS_DIR
+
+    folder = WEIGHTS_DIR / "shapes-sd3" / "tokenizer_2"
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(folder / f, tmp_path)
+    prompts = ["a red circle left of a blue square", "four triangles", ""]
+    ids = lambda tok: tok(prompts, padding="max_length", max_length=12).input_ids  # noqa: E731
+    assert ids(CLIPTokenizer.from_pretrained(str(tmp_path))) == ids(CLIPTokenizer.from_pretrained(str(folder)))

@@ -69,15 +69,21 @@ def learn_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str
     return vocab, merges
 
 
+def write_bpe_files(folder: Path) -> None:
+    """vocab.json and merges.txt of the world tokenizer beside the tokenizer.json transformers 5 writes: the files
+    transformers 4's CLIPTokenizer reads, so the pipeline folder loads with either."""
+    vocab, merges = learn_merges(vocabulary())
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+
+
 def world_tokenizer(max_length: int = 12):
     """A CLIPTokenizer over the shapes world's words (each one token), bos 0 and eos = pad 1; `max_length`
     tokens with bos and eos (the longest prompt has 8 words)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = learn_merges(vocabulary())
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        write_bpe_files(Path(tmp))
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length, local_files_only=True)
 
 
@@ -304,6 +310,9 @@ def save_pipeline(pipe, out: str | Path, sampling: dict, dtype: torch.dtype | No
         saved = type(pipe)(**{**pipe.components, **parts})
         saved.save_pretrained(tmp, safe_serialization=True)
         (tmp / SAMPLING_NAME).write_text(json.dumps(sampling, indent=2) + "\n")
+        for name in ("tokenizer", "tokenizer_2"):
+            if (tmp / name).is_dir():
+                write_bpe_files(tmp / name)
 
     with quiet():
         _replace_dir(write, Path(out))
