@@ -190,10 +190,9 @@ def denoiser_loss(adapter, cond, x0: torch.Tensor, u: torch.Tensor, noise: torch
 
 
 def denoiser_pretrain(kind: str, cfg, recipe: PipelinePretrainRecipe, out: str | Path, log=print):
-    """Train a new shapes-sd3 or shapes-sd15 pipeline around the recipe's frozen VAE."""
-    from ..models.diffusers_adapter import adapter_for
-
-    from ..models.diffusers_adapter import load_pipeline
+    """Train a new shapes-sd3 or shapes-sd15 pipeline around the recipe's frozen VAE, or go on training a saved one
+    (recipe.init)."""
+    from ..models.diffusers_adapter import adapter_for, load_pipeline
 
     t = recipe.train
     torch.manual_seed(t.seed)
