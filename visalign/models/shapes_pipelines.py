@@ -318,14 +318,6 @@ def save_pipeline(pipe, out: str | Path, sampling: dict, dtype: torch.dtype | No
         _replace_dir(write, Path(out))
 
 
-def write_json(path: Path, data: dict) -> None:
-    """JSON written to a temp file, then renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def read_sampling(path: str | Path) -> dict:
     """sampling.json of a pipeline folder ({} when it has none: a user's pipeline)."""
     f = Path(path) / SAMPLING_NAME

@@ -18,6 +18,7 @@ encoders train with the denoiser (text_encoders: train) or stay as initialised (
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch import nn
 from ..config import ConfigError
 from ..images import images_to_tensor
 from ..models import shapes_pipelines as sp
+from .checkpoint import atomic_write_text
 from .pretrain import STREAMS, sample_t
 from .token_pretrain import TokenPretrainConfig, _loop
 
@@ -140,7 +142,7 @@ def vae_pretrain(cfg: sp.VAEConfig, recipe: PipelinePretrainRecipe, out: str | P
     res = round_trip(vae)
     log(f"the oracle's held-out renders through the autoencoder: GenEval-S {res['round_trip']:.3f}, exact reading "
         f"{res['round_trip_exact']:.3f}, extra objects {res['round_trip_extra']:.2f} per image (20 per category)")
-    sp.write_json(Path(out) / "round_trip.json", res)
+    atomic_write_text(Path(out) / "round_trip.json", json.dumps(res, indent=2))
     return vae.eval()
 
 
