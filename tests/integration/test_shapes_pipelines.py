@@ -187,7 +187,7 @@ def test_one_iteration_lora_round_trips_to_plain_diffusers(tiny, tmp_path):
     """train 1 iteration of Flow-GRPO with a LoRA on the SD3 pipeline -> export diffusers-lora -> plain diffusers
     `load_lora_weights`: its images change, and equal visalign's sampler of the trained policy."""
     from visalign.config import load_train_recipe
-    from visalign.models.registry import PolicyGenerator
+    from visalign.models.registry import PolicyGenerator, load_generator
     from visalign.trainer.trainer import Trainer
 
     recipe = tmp_path / "recipe.yaml"
@@ -215,6 +215,14 @@ train: {{iterations: 1, batch_size: 4, group_size: 2, lr: 0.5, finetune: lora, l
     assert int(np.abs(with_lora.astype(int) - ours.astype(int)).max()) <= 1
     moved = int(np.abs(with_lora.astype(int) - base.astype(int)).max())
     assert moved > 8, moved  # the LoRA is not a no-op
+
+    # merged: a whole pipeline folder with the folder's sampling defaults and tokenizer files carried over
+    assert main(["export", str(tmp_path / "run"), "--format", "merged", "--out", str(tmp_path / "merged")]) == 0
+    merged = tmp_path / "merged"
+    assert sp.read_sampling(merged) == sp.read_sampling(tiny / "sd3")
+    assert (merged / "tokenizer" / "merges.txt").is_file() and (merged / "tokenizer_2" / "vocab.json").is_file()
+    from_merged = load_generator(f"diffusers:{merged}").generate(prompts, seeds)
+    assert int(np.abs(from_merged.astype(int) - ours.astype(int)).max()) <= 1
 
 
 def test_bundled_vae_keeps_what_the_verifier_checks():
@@ -285,3 +293,20 @@ def test_tokenizer_folders_hold_the_bpe_files_transformers_4_reads(tmp_path):
     prompts = ["a red circle left of a blue square", "four triangles", ""]
     ids = lambda tok: tok(prompts, padding="max_length", max_length=12).input_ids  # noqa: E731
     assert ids(CLIPTokenizer.from_pretrained(str(tmp_path))) == ids(CLIPTokenizer.from_pretrained(str(folder)))
+
+
+def test_a_run_on_a_bundled_pipeline_exports_as_a_diffusers_one(tmp_path):
+    """builtin:shapes-sd3 is a diffusers pipeline to export too: its LoRA goes out in diffusers' format, and the
+    merged folder keeps the bundled sampling defaults."""
+    from visalign.config import load_train_recipe
+    from visalign.models.registry import WEIGHTS_DIR
+    from visalign.trainer.trainer import Trainer
+
+    r, resolved = load_train_recipe("geneval-s-sd3-grpo", [
+        "train.iterations=1", "train.batch_size=2", "train.group_size=2", "train.minibatches=1", "train.lora_rank=2",
+        "train.eval_per_category=1", "train.budget_minutes=0", "sampling.steps=2"])
+    Trainer(r, resolved, tmp_path / "run", progress=False, log=lambda *a, **k: None).train()
+    for fmt in ("diffusers-lora", "merged"):
+        assert main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    assert (tmp_path / "diffusers-lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert sp.read_sampling(tmp_path / "merged") == sp.read_sampling(WEIGHTS_DIR / "shapes-sd3")

@@ -153,6 +153,7 @@ def load_diffusers(name: str, **options):
     adapter = adapter_for(pipe, dtype=dt, **options)
     adapter.default_steps = int(sampling.get("num_inference_steps", adapter.default_steps))
     adapter.default_guidance = float(sampling.get("guidance_scale", adapter.default_guidance))
+    adapter.source_dir = path if path.is_dir() else None  # export copies its sampling.json and tokenizer files
     return adapter
 
 

@@ -60,11 +60,11 @@ def _load_weights(run: Path) -> dict:
 def _export_spec(spec: str) -> str:
     """The recipe's model spec, loaded in float32 for a diffusers model (a merge in bf16 would round)."""
     from ..registry import split_spec
-    from .registry import DIFFUSERS_PREFIX
+    from .registry import is_diffusers_spec
 
-    name, opts = split_spec(spec)
-    if not name.startswith(DIFFUSERS_PREFIX):
+    if not is_diffusers_spec(spec):
         return spec
+    name, opts = split_spec(spec)
     opts["dtype"] = "float32"
     return name + "?" + "&".join(f"{k}={v}" for k, v in opts.items())
 
@@ -73,7 +73,7 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike)
     """Export the latest checkpoint of run `run_dir` as `fmt` (diffusers-lora | merged) into `out_dir`."""
     from . import lora
     from .persist import Pretrained
-    from .registry import DIFFUSERS_PREFIX, load_model
+    from .registry import BUNDLED_PIPELINES, is_diffusers_spec, load_model
 
     if fmt not in FORMATS:
         raise ValueError(f"export format '{fmt}' is not accepted; accepted: {', '.join(FORMATS)}")
@@ -83,9 +83,10 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike)
     spec = str(recipe.get("model", ""))
     train = recipe.get("train", {})
     finetune = train.get("finetune", "lora")
-    is_diffusers = spec.startswith(DIFFUSERS_PREFIX)
+    is_diffusers = is_diffusers_spec(spec)
     if fmt == "diffusers-lora" and not is_diffusers:
-        raise ValueError(f"--format diffusers-lora needs a diffusers model (diffusers:<path-or-hub-id>); run {run} "
+        raise ValueError(f"--format diffusers-lora needs a diffusers model (diffusers:<path-or-hub-id> or a bundled "
+                         f"pipeline: {', '.join(BUNDLED_PIPELINES)}); run {run} "
                          f"trained '{spec}': export it with --format merged")
     if fmt == "diffusers-lora" and finetune != "lora":
         raise ValueError(f"--format diffusers-lora needs a LoRA run; run {run} is a full fine-tune (train.finetune="
@@ -116,15 +117,34 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike)
         else:
             if finetune == "lora":
                 lora.merge_lora(module)
-            # the pipeline; an adapter that saves more than its network (a token model + its tokenizer); the network
-            saver = adapter.pipe if is_diffusers else adapter if hasattr(adapter, "save_pretrained") else module
-            saver.save_pretrained(tmp)
+            if is_diffusers:
+                _save_pipeline(adapter, tmp)
+            else:  # an adapter that saves more than its network (a token model + its tokenizer); the network
+                (adapter if hasattr(adapter, "save_pretrained") else module).save_pretrained(tmp)
         _check_out(out)
         os.replace(tmp, out)  # onto a missing or empty folder
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _save_pipeline(adapter, out: Path) -> None:
+    """pipe.save_pretrained, plus what the source folder held beside the components that save_pretrained does not
+    write: its sampling.json (the steps and guidance the model is meant to be sampled with) and the tokenizers'
+    vocab.json / merges.txt (which transformers 4 reads)."""
+    from .shapes_pipelines import SAMPLING_NAME, quiet
+
+    with quiet():  # no "tokenizer_3=None cannot be saved" for an SD3 without T5
+        adapter.pipe.save_pretrained(out)
+    src = getattr(adapter, "source_dir", None)
+    if src is None:
+        return
+    carried = [Path(SAMPLING_NAME)] + [Path(t) / f for t in ("tokenizer", "tokenizer_2", "tokenizer_3")
+                                       for f in ("vocab.json", "merges.txt")]
+    for rel in carried:
+        if (src / rel).is_file() and (out / rel.parent).is_dir() and not (out / rel).exists():
+            shutil.copyfile(src / rel, out / rel)
 
 
 def _write_diffusers_lora(adapter, module, rank: int, alpha: float, out: Path) -> None:

@@ -135,6 +135,13 @@ def _token_model(name: str, path, tokenizer, sampling: dict, accepted: tuple[str
 
 
 DIFFUSERS_PREFIX = "diffusers:"
+BUNDLED_PIPELINES = ("builtin:shapes-sd3", "builtin:shapes-sd15")  # diffusers pipeline folders in WEIGHTS_DIR
+
+
+def is_diffusers_spec(spec: str) -> bool:
+    """Whether a model spec loads a diffusers pipeline: a user's `diffusers:` one or a bundled one."""
+    name = spec.split("?", 1)[0]
+    return name.startswith(DIFFUSERS_PREFIX) or name in BUNDLED_PIPELINES
 
 
 @MODELS.register(DIFFUSERS_PREFIX + "<path-or-hub-id>", "a diffusers SD1.5/SDXL/SD3/FLUX pipeline, local dir or cached "
@@ -153,6 +160,15 @@ def _shapes_sd3(path: str | None = None, **opts):
 
     return load_diffusers(str(path or WEIGHTS_DIR / "shapes-sd3"), **opts)
 
+
+
+@MODELS.register("builtin:shapes-sd15", "bundled StableDiffusionPipeline of the shapes world (UNet2DConditionModel over "
+                 "builtin:shapes-vae latents, one CLIP text encoder, v-prediction DDIM; 4.0M params), loaded by the "
+                 "diffusers adapter as a user's SD1.5 is (options: path, dtype)")
+def _shapes_sd15(path: str | None = None, **opts):
+    from .diffusers_adapter import load_diffusers
+
+    return load_diffusers(str(path or WEIGHTS_DIR / "shapes-sd15"), **opts)
 
 def load_model(spec: str):
     """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
