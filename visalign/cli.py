@@ -346,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed command line; key=value overrides may also come after the options (`train R --out D k=v`):
+    argparse stops a positional list at the first option and would call the rest unrecognised."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -360,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "VISALIGN_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         args.fn(args)
     except (PromptError, ConfigError, CheckpointError, RegistryError, ResumeError, CapabilityError, TrainingStopped,

@@ -94,3 +94,15 @@ def test_pretrain_runs_end_to_end_tiny(tmp_path, recipe):
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "visalign.cli", "list"], capture_output=True, text=True)
     assert r.returncode == 0 and "builtin:shapes-flow" in r.stdout and "oracle" in r.stdout
+
+
+def test_overrides_may_follow_the_options(capsys):
+    from visalign.cli import parse_args
+
+    for argv in (["pretrain", "shapes-vae-pretrain", "train.steps=3", "--out", "d"],
+                 ["pretrain", "shapes-vae-pretrain", "--out", "d", "train.steps=3"]):
+        assert parse_args(argv).overrides == ["train.steps=3"], argv
+    assert parse_args(["train", "geneval-s-grpo", "a=1", "--out", "d", "b=2"]).overrides == ["a=1", "b=2"]
+    with pytest.raises(SystemExit) as e:  # anything else after the options is still refused
+        parse_args(["train", "geneval-s-grpo", "--out", "d", "stray"])
+    assert e.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
