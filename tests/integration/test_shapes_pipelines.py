@@ -129,6 +129,12 @@ def test_plain_diffusers_draws_visalign_eval_images(tiny, kind):
     assert np.abs(ours.astype(int)[0] - ours.astype(int)[1]).max() > 10  # not trivially equal
 
 
+def test_sd15_folder_needs_no_safety_checker(tiny):
+    """Saved without a safety checker and saying so, so a plain from_pretrained(path) loads without warnings."""
+    index = json.loads((tiny / "sd15" / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+
+
 def test_bundled_sampling_defaults_reach_the_adapter(tiny):
     from visalign.models.diffusers_adapter import load_diffusers
 
@@ -252,16 +258,18 @@ def test_pretraining_goes_on_from_a_saved_pipeline(tiny, tmp_path, capsys):
     assert len(err) == 1 and "StableDiffusion3Pipeline" in err[0] and "StableDiffusionPipeline" in err[0]
 
 
-def test_bundled_sd3_in_plain_diffusers_draws_what_visalign_eval_draws():
-    """builtin:shapes-sd3 is an ordinary pipeline folder: plain diffusers loads it with no visalign import, and
-    with the same steps, guidance and seeds draws visalign's images (so the same held-out scores)."""
+@pytest.mark.parametrize("kind,cls", [("sd3", "StableDiffusion3Pipeline"), ("sd15", "StableDiffusionPipeline")])
+def test_bundled_pipeline_in_plain_diffusers_draws_what_visalign_eval_draws(kind, cls):
+    """builtin:shapes-sd3 and -sd15 are ordinary pipeline folders: plain diffusers loads them with no visalign
+    import, and with the same steps, guidance and seeds draws visalign's images (so the same held-out scores)."""
     from visalign.models.registry import WEIGHTS_DIR, load_generator
 
-    path = WEIGHTS_DIR / "shapes-sd3"
+    path = WEIGHTS_DIR / f"shapes-{kind}"
     code = f"""
 import sys, json, torch
-from diffusers import StableDiffusion3Pipeline
-pipe = StableDiffusion3Pipeline.from_pretrained({str(path)!r}, text_encoder_3=None, tokenizer_3=None)
+from diffusers import {cls}
+absent = {{k: None for k, v in json.load(open({str(path / "model_index.json")!r})).items() if v == [None, None]}}
+pipe = {cls}.from_pretrained({str(path)!r}, **absent)  # SD3: T5 left out; SD1.5: no safety checker
 pipe.set_progress_bar_config(disable=True)
 img = pipe("a red circle", generator=torch.Generator().manual_seed(0), output_type="np",
            **json.load(open({str(path / "sampling.json")!r}))).images
@@ -274,7 +282,7 @@ assert img.shape == (1, 32, 32, 3) and not any(m.startswith("visalign") for m in
     prompts, seeds = [p for _, p, _ in its], [s for _, _, s in its]
     pipe = plain.load(str(path), None)
     theirs = plain.generate(pipe, prompts, seeds, plain.call_args(pipe, str(path), None, None))
-    ours = load_generator("builtin:shapes-sd3").generate(prompts, seeds)
+    ours = load_generator(f"builtin:shapes-{kind}").generate(prompts, seeds)
     assert int(np.abs(ours.astype(int) - theirs.astype(int)).max()) <= 1
     assert plain.score(theirs, its) == plain.score(ours, its)
 

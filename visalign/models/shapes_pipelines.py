@@ -307,7 +307,8 @@ def save_pipeline(pipe, out: str | Path, sampling: dict, dtype: torch.dtype | No
     def write(tmp: Path) -> None:
         parts = {name: _half_copy(m, None if name.startswith("text_encoder") else dtype)
                  for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-        saved = type(pipe)(**{**pipe.components, **parts})
+        flags = {k: pipe.config[k] for k in ("requires_safety_checker",) if k in pipe.config}  # not a component
+        saved = type(pipe)(**{**pipe.components, **parts}, **flags)
         saved.save_pretrained(tmp, safe_serialization=True)
         (tmp / SAMPLING_NAME).write_text(json.dumps(sampling, indent=2) + "\n")
         for name in ("tokenizer", "tokenizer_2"):
