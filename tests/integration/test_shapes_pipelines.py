@@ -318,3 +318,10 @@ def test_a_run_on_a_bundled_pipeline_exports_as_a_diffusers_one(tmp_path):
         assert main(["export", str(tmp_path / "run"), "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
     assert (tmp_path / "diffusers-lora" / "pytorch_lora_weights.safetensors").is_file()
     assert sp.read_sampling(tmp_path / "merged") == sp.read_sampling(WEIGHTS_DIR / "shapes-sd3")
+
+
+def test_the_weights_bundle_stays_within_40_mib():
+    from visalign.models.registry import WEIGHTS_DIR
+
+    size = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20, f"{size / 2**20:.1f} MiB"
