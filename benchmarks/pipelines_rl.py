@@ -7,7 +7,7 @@ memorised) and, for a LoRA run, the held-out score plain diffusers gives with th
     python benchmarks/pipelines_rl.py [--arms sd3-grpo sd3-nft sd15-ddpo sd15-dpok] [--seeds 0 1]
         [--out runs/pipelines-rl] [--doc docs/pipelines-rl.md] [--no-plain]
 
-Arms: the recipes geneval-s-<arm>. A finished run (OUT/<arm>-s<seed> with its report.html) is read back, not
+Arms: the recipes geneval-s-<arm>; ARM:S,S runs that arm on those seeds instead of --seeds (sd3-nft:0). A finished run (OUT/<arm>-s<seed> with its report.html) is read back, not
 trained again, so arms can be run one command at a time (or two at once with VISALIGN_THREADS=1, one core each)
 and the doc written at the end from all of them. Training wall time excludes evaluation; it depends on what else
 runs on the machine (the recipes' budget is 30 training minutes), so the doc says how the runs were made.
@@ -144,7 +144,7 @@ def doc(rows: list[dict], bases: dict, cmd: str, minutes: float) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), help=f"of {', '.join(ARMS)}, each optionally ARM:SEED,SEED")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", default="runs/pipelines-rl")
     p.add_argument("--doc", default="docs/pipelines-rl.md")
@@ -161,8 +161,11 @@ def main(argv=None) -> int:
     tlogging.disable_progress_bar()
     start = time.time()
     rows, base_plain = [], {}
-    for arm in a.arms:
-        for seed in a.seeds:
+    for spec in a.arms:
+        arm, _, seeds = spec.partition(":")
+        if arm not in ARMS:
+            p.error(f"arm '{arm}' is not one of {', '.join(ARMS)}")
+        for seed in [int(s) for s in seeds.split(",")] if seeds else a.seeds:
             rows.append(judge(arm, seed, Path(a.out), not a.no_plain, base_plain))
     bases = {r["arm"].split("-")[0]: r["per"] for r in rows}
     bases = {kind: base_train_split(kind, per) for kind, per in bases.items()}
