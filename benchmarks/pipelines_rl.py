@@ -169,7 +169,8 @@ def main(argv=None) -> int:
             rows.append(judge(arm, seed, Path(a.out), not a.no_plain, base_plain))
     bases = {r["arm"].split("-")[0]: r["per"] for r in rows}
     bases = {kind: base_train_split(kind, per) for kind, per in bases.items()}
-    cmd = (f"python benchmarks/pipelines_rl.py --arms {' '.join(a.arms)} --seeds {' '.join(map(str, a.seeds))}"
+    seeds = "" if all(":" in arm for arm in a.arms) else f" --seeds {' '.join(map(str, a.seeds))}"
+    cmd = (f"python benchmarks/pipelines_rl.py --arms {' '.join(a.arms)}{seeds}"
            + (" --no-plain" if a.no_plain else ""))
     text = doc(rows, bases, cmd, (time.time() - start) / 60)
     atomic_write_text(Path(a.doc), text)
