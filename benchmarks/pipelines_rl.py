@@ -74,7 +74,7 @@ def judge(arm: str, seed: int, out: Path, with_plain: bool, base_plain: dict) ->
     best = max(evals, key=lambda r: r["eval_overall"])
     per = train["eval_per_category"]
     row = {"arm": arm, "seed": seed, "run": str(run), "minutes": last["wall_s"] / 60, "iterations": last["iteration"],
-           "rollouts": last["iteration"] * train["batch_size"], "curve": evals, "per": per,
+           "rollouts": last["iteration"] * train["batch_size"], "curve": evals, "per": per, "finetune": train["finetune"],
            "rules": (first["eval_overall"], last["eval_overall"]), "exact": (first["eval_exact"], last["eval_exact"]),
            "extra": (first["eval_extra"], last["eval_extra"]), "best": (best["iteration"], best["eval_overall"]),
            "warned": [r["iteration"] for r in evals if r.get("eval_hacking")]}
@@ -121,7 +121,8 @@ def doc(rows: list[dict], bases: dict, cmd: str, minutes: float) -> str:
         kind = r["arm"].split("-")[0]
         b = bases[kind]
         plain_cell = (f"{r['plain'][0]:.3f} -> {r['plain'][1]:.3f} ({r['plain'][1] - r['plain'][0]:+.3f}) / "
-                      f"{r['plain'][2]:.3f} -> {r['plain'][3]:.3f}" if "plain" in r else "full fine-tune: no LoRA")
+                      f"{r['plain'][2]:.3f} -> {r['plain'][3]:.3f}" if "plain" in r
+                      else "not checked (--no-plain)" if r["finetune"] == "lora" else "full fine-tune: no LoRA")
         lines.append(
             f"| {r['arm']} seed {r['seed']} | {r['minutes']:.1f} | {r['iterations']} x {r['rollouts'] // max(r['iterations'], 1)} "
             f"| {r['rules'][0]:.3f} -> {r['rules'][1]:.3f} ({r['rules'][1] - r['rules'][0]:+.3f}) "
