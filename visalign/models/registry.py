@@ -156,19 +156,22 @@ def _diffusers(path: str, **opts):
                  "latents, two CLIP text encoders, no T5; 3.7M params), loaded by the diffusers adapter as a user's "
                  "SD3 is (options: path, dtype, max_sequence_length)")
 def _shapes_sd3(path: str | None = None, **opts):
-    from .diffusers_adapter import load_diffusers
-
-    return load_diffusers(str(path or WEIGHTS_DIR / "shapes-sd3"), **opts)
+    return _bundled_pipeline("shapes-sd3", path, **opts)
 
 
-
-@MODELS.register("builtin:shapes-sd15", "bundled StableDiffusionPipeline of the shapes world (UNet2DConditionModel over "
-                 "builtin:shapes-vae latents, one CLIP text encoder, v-prediction DDIM; 4.0M params), loaded by the "
+@MODELS.register("builtin:shapes-sd15", "bundled StableDiffusionPipeline of the shapes world (UNet2DConditionModel "
+                 "over builtin:shapes-vae latents, one CLIP text encoder, v-prediction DDIM; 4.0M params), loaded by the "
                  "diffusers adapter as a user's SD1.5 is (options: path, dtype)")
 def _shapes_sd15(path: str | None = None, **opts):
+    return _bundled_pipeline("shapes-sd15", path, **opts)
+
+
+def _bundled_pipeline(folder: str, path: str | None, **opts):
+    """A bundled pipeline folder (or `path`), through the diffusers adapter a user's pipeline takes."""
     from .diffusers_adapter import load_diffusers
 
-    return load_diffusers(str(path or WEIGHTS_DIR / "shapes-sd15"), **opts)
+    return load_diffusers(str(path or WEIGHTS_DIR / folder), **opts)
+
 
 def load_model(spec: str):
     """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
