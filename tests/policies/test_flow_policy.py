@@ -106,3 +106,27 @@ def test_shared_initial_noise_within_a_group(tiny_flow_model):
     assert not torch.allclose(traj.states[0, -1], traj.states[1, -1])  # the SDE noise still differs
     ode = policy.sample(["a red circle"] * 2, [1, 2], FlowSampling(steps=3, kind="ode"), init_seeds=[9, 9])
     assert torch.equal(ode.states[0], ode.states[1])  # no SDE noise: the same start gives the same chain
+
+
+def test_guided_velocity_is_the_one_the_ode_sampler_follows(tiny_flow_model):
+    """predict_guided (what nft trains with algorithm_options.guidance = w) is the velocity of a CFG rollout's
+    step, x_1 = x_0 + (sigma_1 - sigma_0) v, and carries gradients through the conditional branch only."""
+    policy = FlowPolicy(ShapesFlowAdapter(tiny_flow_model))
+    s = FlowSampling(steps=4, kind="ode", guidance_scale=3.0)
+    traj = policy.sample(PROMPTS, [1, 2, 3], s)
+    sigmas = policy.schedule(s)["sigmas"]  # [5]
+    x0 = traj.states[:, 0]  # [3, C, H, W]
+    with torch.no_grad():
+        v = policy.predict_guided(x0, sigmas[0].repeat(3), PROMPTS, 3.0)  # [3, C, H, W]
+        v_cond = policy.predict(x0, sigmas[0].repeat(3), PROMPTS)
+    assert torch.allclose(x0 + (sigmas[1] - sigmas[0]) * v, traj.states[:, 1], atol=1e-5)
+    assert not torch.allclose(v, v_cond, atol=1e-3)  # guidance changes it
+    v = policy.predict_guided(x0, sigmas[0].repeat(3), PROMPTS, 3.0)
+    v.sum().backward()
+    grads = [p.grad for p in tiny_flow_model.parameters() if p.grad is not None]
+    assert grads
+    tiny_flow_model.zero_grad()
+    v_cond = policy.predict(x0, sigmas[0].repeat(3), PROMPTS)
+    (3.0 * v_cond).sum().backward()  # only the conditional branch, scaled by w, carries the gradient
+    assert all(torch.allclose(g, p.grad, atol=1e-4) for g, p in zip(grads, [p for p in tiny_flow_model.parameters()
+                                                                          if p.grad is not None]))

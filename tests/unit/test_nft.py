@@ -90,3 +90,31 @@ def test_variance_curriculum_draws_where_groups_disagree():
     t = PromptSampler(0, "variance")
     t.load_state_dict(s.state_dict())
     assert t.weights().tolist() == pytest.approx(s.weights().tolist())
+
+
+def test_nft_guidance_option_is_checked():
+    from visalign.algorithms import load_algorithm
+    from visalign.config import ConfigError
+
+    assert load_algorithm("nft", {"guidance": 4.0}).config.guidance == 4.0
+    with pytest.raises(ConfigError, match="algorithm_options.guidance must be >= 1"):
+        load_algorithm("nft", {"guidance": 0.5})
+
+
+def test_nft_trains_the_guided_velocity_when_asked(tiny_flow_model):
+    """guidance = w: the loss sees p_u + w (p_c - p_u); at the old weights v == v_old exactly either way."""
+    from contextlib import nullcontext
+
+    from visalign.algorithms import load_algorithm
+    from visalign.models.builtin import ShapesFlowAdapter
+    from visalign.policies.flow import FlowPolicy, FlowSampling
+
+    policy = FlowPolicy(ShapesFlowAdapter(tiny_flow_model))
+    traj = policy.sample(["a red circle", "three stars"], [1, 2], FlowSampling(steps=3, kind="ode", guidance_scale=3.0))
+    adv = torch.tensor([1.0, -1.0])
+    losses = {}
+    for w in (1.0, 3.0):
+        loss, metrics = load_algorithm("nft", {"guidance": w}).step_loss(policy, traj, adv, 7, None, old=nullcontext)
+        assert metrics["nft_v_drift"] < 1e-10 and torch.isfinite(loss)
+        losses[w] = float(loss)
+    assert losses[1.0] != pytest.approx(losses[3.0])

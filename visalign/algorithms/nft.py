@@ -37,6 +37,10 @@ class NFTConfig:
     adv_clip: float = 5.0
     draws: int = 1  # (t, eps) draws per sample in each pass over the batch
     kl_beta: float = 0.0  # weight of mean((v - v_ref)^2), a KL to the reference in velocity space (DESIGN 3.6)
+    # the CFG scale of the velocity the loss trains. 1: the conditional network alone, the paper's CFG-free
+    # model. The sampler's guidance (e.g. 4): the guided velocity that CFG rollouts and evaluation follow, so
+    # a change to the conditional branch is not amplified w-fold at sampling time (unconditional branch frozen)
+    guidance: float = 1.0
 
     def __post_init__(self):
         if not 0 < self.beta <= 1:
@@ -45,6 +49,8 @@ class NFTConfig:
             raise ConfigError(f"algorithm_options.old_ema must be in [0, 1), got {self.old_ema}")
         if self.kl_beta < 0:
             raise ConfigError(f"algorithm_options.kl_beta must be >= 0, got {self.kl_beta}")
+        if self.guidance < 1:
+            raise ConfigError(f"algorithm_options.guidance must be >= 1 (1: no CFG), got {self.guidance}")
         if self.adv_scale <= 0 or self.draws < 1:
             raise ConfigError(f"algorithm_options.adv_scale must be > 0 and draws >= 1, got {self.adv_scale}, "
                               f"{self.draws}")
@@ -81,10 +87,12 @@ class NFT(Algorithm):
         if old is None:
             raise ConfigError("nft needs the old model; the trainer provides it when algorithm.old_ema is set")
         x_t, t, target, prompts = forward_draws(policy, traj, draws)  # [K*B, ...]
+        w = self.config.guidance
+        velocity = policy.predict if w == 1 else lambda *a: policy.predict_guided(*a, w)
         with torch.no_grad(), old():  # first: swapping the weights in place must precede the graph of v
-            v_old = policy.predict(x_t, t, prompts)
+            v_old = velocity(x_t, t, prompts)  # [K*B, ...]
         v_ref = reference.predict(x_t, t, prompts) if reference is not None else None
-        return policy.predict(x_t, t, prompts), v_old, target, v_ref
+        return velocity(x_t, t, prompts), v_old, target, v_ref
 
     def step_loss(self, policy, traj, advantages, step, reference, old=None):
         v, v_old, target, v_ref = self._velocities(policy, traj, step, old, reference if self.uses_reference else None)

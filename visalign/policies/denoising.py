@@ -279,3 +279,9 @@ class DenoisingPolicy:
     def predict(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The conditional network output (no guidance), fp32: what likelihood-free algorithms train."""
         return self.adapter.predict(x, t, self.adapter.encode(prompts)).float()
+
+    def predict_guided(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str], guidance_scale: float) -> torch.Tensor:
+        """The guided output p_u + w (p_c - p_u), fp32, gradients through the conditional branch only: the
+        velocity a CFG sampler follows, for a likelihood-free loss that trains the sampler as it is evaluated."""
+        cond, uncond = self.conditions(prompts, guidance_scale)
+        return self.guided(x, t, cond, uncond, guidance_scale)[0]
