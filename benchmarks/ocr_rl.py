@@ -36,18 +36,28 @@ def run(recipe_name: str, minutes: float, overrides: list[str], out: Path) -> di
             "best": best["eval_overall"], "best_at": best, "final_at": final, "run_min": (time.time() - start) / 60}
 
 
+def judge(e: dict) -> str:
+    """The held-out second readings an evaluation logged (the `text` set's default judge), or '-'."""
+    return ", ".join(f"{v:.3f}" for v in e.get("eval_judges", {}).values()) or "-"
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| recipe | base | final | gain | best (at NFE, train min) | train NFE | train min | run min (with eval) |",
-             "|---|---|---|---|---|---|---|---|"]
+    specs = sorted({k for r in results for e in r["evals"] for k in e.get("eval_judges", {})})
+    lines = [f"Second reading (a judge the run does not train on): {', '.join(f'`{k}`' for k in specs) or 'none'}.", "",
+             "| recipe | base | final | gain | second reading: base -> final | hacking warning at | best (at NFE, "
+             "train min) | train NFE | train min | run min (with eval) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         f, b = r["final_at"], r["best_at"]
+        warned = next((str(e["iteration"]) for e in r["evals"] if e.get("eval_hacking")), "-")
         lines.append(f"| {r['recipe']} | {r['base']:.3f} | {r['final']:.3f} | {r['final'] - r['base']:+.3f} | "
+                     f"{judge(r['evals'][0])} -> {judge(f)} | {warned} | "
                      f"{r['best']:.3f} ({b['nfe']}, {b['wall_s'] / 60:.1f}) | {f['nfe']} | {f['wall_s'] / 60:.1f} | "
                      f"{r['run_min']:.1f} |")
     lines.append("")
     for r in results:
-        curve = ", ".join(f"{e['wall_s'] / 60:.1f} min: {e['eval_overall']:.3f}" for e in r["evals"])
-        lines.append(f"- {r['recipe']} held-out OCR reward by training minute: {curve}")
+        curve = ", ".join(f"{e['wall_s'] / 60:.1f} min: {e['eval_overall']:.3f} / {judge(e)}" for e in r["evals"])
+        lines.append(f"- {r['recipe']} held-out OCR reward / second reading by training minute: {curve}")
     return "\n".join(lines)
 
 
