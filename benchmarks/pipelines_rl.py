@@ -111,7 +111,8 @@ def doc(rows: list[dict], bases: dict, cmd: str, minutes: float) -> str:
     threads = torch.get_num_threads()
     lines = [f"# RL on the bundled diffusers pipelines ({time.strftime('%Y-%m-%d')})", "", f"`{cmd}`", "",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"{threads} thread(s) per run; this command took {minutes:.1f} min (runs read back count ~0). "
+             f"this command ran with {threads} thread(s) and took {minutes:.1f} min (runs it read back count ~0; "
+             "a run it trained ran with the same threads). "
              f"Held-out GenEval-S, {rows[0]['per']} prompts per category, evaluation seed 0; 'min' is training wall time "
              "(evaluation excluded). Train split: the final model on the train prompts with the same seeds.", "",
              "| run | min | iterations x batch | GenEval's rules | exact reading | extra objects | best (iteration) "
