@@ -39,7 +39,7 @@ class NFTConfig:
     kl_beta: float = 0.0  # weight of mean((v - v_ref)^2), a KL to the reference in velocity space (DESIGN 3.6)
     # the CFG scale of the velocity the loss trains. 1: the conditional network alone, the paper's CFG-free
     # model. The sampler's guidance (e.g. 4): the guided velocity that CFG rollouts and evaluation follow, so
-    # a change to the conditional branch is not amplified w-fold at sampling time (unconditional branch frozen)
+    # the loss sees the w-fold effect of a change to the conditional branch (the unconditional one is frozen)
     guidance: float = 1.0
 
     def __post_init__(self):
