@@ -7,7 +7,8 @@ only.
 
 The folder is loaded with `<Pipeline>.from_pretrained(dir)` (components saved as absent, e.g. SD3's T5, are
 passed as None, the documented way to drop them); `--lora` calls `pipe.load_lora_weights(dir)` on a
-`visalign export --format diffusers-lora` folder. Sampling arguments default to the folder's sampling.json (the
+`visalign export --format diffusers-lora` folder (a run or checkpoint folder is refused: it holds training
+state, which load_lora_weights would load nothing from). Sampling arguments default to the folder's sampling.json (the
 bundled pipelines carry one), else the pipeline's own defaults. Every image has its own `torch.Generator`
 seeded as `visalign eval` seeds it (item i of category c: seed * 1,000,000 + 10,000 c + i), and SD3 gets the
 sigmas linspace(1, 0, steps + 1)[:-1] (its pipeline otherwise stops at sigma 1/1000 instead of 0). So for the
@@ -36,6 +37,29 @@ def items(per_category: int, seed: int, split: str) -> list[tuple[str, str, int]
     """[(category, prompt, seed)]: `visalign eval`'s items (split: eval = held-out prompts, or train)."""
     return [(cat, ps[i % len(ps)], seed * 1_000_000 + 10_000 * ci + i)
             for ci, cat in enumerate(CATEGORIES) for ps in [grammar.prompts(cat, split)] for i in range(per_category)]
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether a folder is a visalign run, its checkpoints/ or one checkpoint: training state, which diffusers'
+    loaders read as nothing, silently (a local look at the files: this script imports no visalign loader)."""
+    p = Path(path)
+    marks = ("recipe.json", "checkpoints/latest", "latest")
+    return any((p / m).is_file() for m in marks) or all(
+        (p / f).is_file() for f in ("weights.safetensors", "optimizer.pt", "state.json"))
+
+
+def folder_error(pipeline: str, lora: str | None) -> str | None:
+    """One line for a folder this script cannot load (and what to give instead), or None."""
+    export = "visalign export RUN --format {} --out DIR"
+    if lora and is_run_folder(lora):
+        return (f"--lora {lora} is a visalign run or checkpoint folder, which load_lora_weights would load nothing "
+                f"from; export it first: {export.format('diffusers-lora')}, then --lora DIR")
+    if not (Path(pipeline) / "model_index.json").is_file():
+        if is_run_folder(pipeline):
+            return (f"{pipeline} is a visalign run or checkpoint folder, not a pipeline; export it first: "
+                    f"{export.format('merged')}, then give DIR (or {export.format('diffusers-lora')} and --lora DIR)")
+        return f"{pipeline} holds no model_index.json; give a diffusers pipeline folder"
+    return None
 
 
 def load(path: str, lora: str | None):
@@ -110,8 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write the result as JSON")
     p.add_argument("--against", default=None, help="a `visalign eval --out` JSON to print the difference to")
     a = p.parse_args(argv)
-    if not (Path(a.pipeline) / "model_index.json").is_file():
-        print(f"error: {a.pipeline} holds no model_index.json; give a diffusers pipeline folder", file=sys.stderr)
+    error = folder_error(a.pipeline, a.lora)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if "VISALIGN_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,12 +31,17 @@ def cmd_list(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from .models.registry import load_generator
-    from .world.grammar import parse_prompt
+    from .models.registry import is_world_model, load_generator
+    from .world.grammar import PromptError, parse_prompt
 
-    gen = load_generator(args.model)
-    for p in args.prompt:  # the model's own grammar (a built-in text model: the text task's), GenEval-S otherwise
-        getattr(gen, "parse", parse_prompt)(p)
+    world = is_world_model(args.model)  # a user's diffusers pipeline takes any prompt
+    gen = load_generator(args.model, validate=world)
+    for p in args.prompt if world else []:  # the model's own grammar (a text model: the text task's), else GenEval-S
+        try:
+            getattr(gen, "parse", parse_prompt)(p)
+        except PromptError as e:
+            raise PromptError(f"model '{args.model}' draws only its world's words (a diffusers:<path-or-hub-id> "
+                              f"pipeline takes any prompt): {e}") from None
     prompts = [p for p in args.prompt for _ in range(args.n)]
     seeds = [args.seed * 1_000_000 + i for i in range(len(prompts))]
     images = gen.generate(prompts, seeds)
@@ -97,10 +103,7 @@ def cmd_pretrain(args) -> None:
 
         data.pop("kind")
         recipe = build(RewardPretrainRecipe, data)
-        try:
-            model_cfg = RewardNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.model.items()})
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model: {e}") from None
+        model_cfg = build(RewardNetConfig, recipe.model, "model")  # typed: an unknown or mistyped key is refused
         start = time.time()
         reward_pretrain(model_cfg, recipe.train, args.out, log=lambda m: print(m, flush=True))
         print(f"reward model trained in {(time.time() - start) / 60:.1f} min; written to {args.out}")
@@ -127,7 +130,10 @@ def cmd_pretrain(args) -> None:
         if not isinstance(init, ShapesModel):
             raise ValueError(f"init model '{recipe.init}' is not a built-in shapes model; accepted: "
                              f"builtin:shapes-flow or builtin:shapes-flow?path=DIR")
-    model_cfg = init.config if init is not None else ShapesModelConfig.from_dict(recipe.model)
+    if init is not None and recipe.model:
+        raise ConfigError(f"init '{recipe.init}' brings its own model config; remove model: {sorted(recipe.model)}")
+    # typed, not from_dict (which lets a saved config's unknown keys pass): model.foo=3 is refused, not dropped
+    model_cfg = init.config if init is not None else build(ShapesModelConfig, recipe.model, "model")
     start = time.time()
     pretrain(model_cfg, recipe.train, args.out, init=init)
     print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
@@ -136,12 +142,21 @@ def cmd_pretrain(args) -> None:
 def cmd_train(args) -> None:
     from .config import load_train_recipe
     from .distributed import Distributed
-    from .trainer.trainer import Trainer
+    from .trainer.trainer import Trainer, TrainingInterrupted
 
+    resume = args.resume
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():  # `--resume k=v`: argparse took an
+        args.overrides, resume = [*args.overrides, resume], True  # override for the optional CHECKPOINT
     recipe, resolved = load_train_recipe(args.recipe, args.overrides)
     dist = Distributed()
-    trainer = Trainer(recipe, resolved, args.out, resume=args.resume, dist=dist)
-    trainer.train()
+    trainer = Trainer(recipe, resolved, args.out, resume=resume, dist=dist)
+    try:
+        trainer.train()
+    except TrainingInterrupted as e:  # the command that goes on from where it stopped
+        again = ["visalign", "train", args.recipe, *args.overrides, "--out", args.out]
+        if not e.resumable:
+            raise TrainingInterrupted(f"{e}; start it again: {shlex.join(again)}") from None
+        raise TrainingInterrupted(f"{e}: {shlex.join([*again, '--resume'])}", resumable=True) from None
     if dist.is_main:
         from .monitor import summary_lines
         from .report import write_report
@@ -193,10 +208,14 @@ def cmd_report(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .models.export import export_run
+    from .models.export import export_run, push_to_hub
 
-    out = export_run(args.run, args.format, args.out)
-    print(f"wrote {args.format} export of {args.run} to {out}")
+    if args.private and not args.push_to_hub:
+        raise ValueError("--private applies to an upload: give it with --push-to-hub REPO")
+    out = export_run(args.run, args.format, args.out, hub_repo=args.push_to_hub)
+    print(f"wrote {args.format} export of {args.run} to {out} (model card: {out / 'README.md'})")
+    if args.push_to_hub:  # only when asked: nothing leaves the machine otherwise
+        print(f"uploaded {out} to {push_to_hub(out, args.push_to_hub, private=args.private)}")
 
 
 def cmd_make_pairs(args) -> None:
@@ -218,7 +237,9 @@ def cmd_make_pairs(args) -> None:
     prompts = [prompt_set.train[c][rng.integers(len(prompt_set.train[c]))]
                for c in (cats[i % len(cats)] for i in range(args.n_prompts))]
     start = time.time()
-    meta = make_pairs(load_generator(args.model), reward, prompts, args.per_prompt, args.seed, args.out,
+    # as eval and the trainer: a set's prompts are held to the world grammar only where it has a verifier
+    gen = load_generator(args.model, validate=prompt_set.verifier)
+    meta = make_pairs(gen, reward, prompts, args.per_prompt, args.seed, args.out,
                       {"model": args.model, "reward": args.reward, "reward_options": options, "prompts": args.prompts})
     print(f"wrote {meta['pairs']} pairs from {len(prompts)} prompts x {args.per_prompt} samples to {args.out} "
           f"in {time.time() - start:.0f} s")
@@ -237,14 +258,19 @@ def cmd_compare(args) -> None:
 
 def cmd_serve_reward(args) -> None:
     from .config import parse_override
-    from .rewards.server import serve
+    from .rewards.server import Limits, serve
 
     options = {".".join(key): value for key, value in map(parse_override, args.option)}
-    serve(args.name, args.port, options, args.host, args.device)
+    limits = Limits(max_pixels=args.max_pixels, max_request_pixels=args.max_request_pixels,
+                    max_request_bytes=int(args.max_request_mb * 2**20),
+                    max_buffered_bytes=4 * int(args.max_request_mb * 2**20), max_connections=args.max_connections,
+                    read_timeout=args.timeout, deadline=args.deadline)
+    serve(args.name, args.port, options, args.host, args.device, limits, args.token)
 
 
 MODEL_HELP = ("model spec; sampler options may follow it: builtin:shapes-flow?steps=10&guidance=4, "
-              "builtin:shapes-ddpm?kind=ddim&eta=1&steps=10 (the stochastic sampler a DDPO run trains)")
+              "builtin:shapes-ddpm?kind=ddim&eta=1&steps=10 (the stochastic sampler a DDPO run trains); "
+              "diffusers:<path-or-hub-id> loads offline, diffusers:ID?local_files_only=false may download")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipe")
     r.add_argument("overrides", nargs="*", help="key=value, e.g. train.iterations=10 algorithm_options.kl_beta=0.01")
     r.add_argument("--out", required=True, help="run folder")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    r.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out from its newest complete checkpoint, or from CHECKPOINT, one of its "
+                        "checkpoint folders (iter-NNNNNN or RUN/checkpoints/iter-NNNNNN): it goes on as if it had "
+                        "stopped there")
     r.set_defaults(fn=cmd_train)
 
     d = sub.add_parser("diagnose", help="measure the gradient signal share of a training recipe before a long run")
@@ -300,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run")
     x.add_argument("--format", required=True, help="diffusers-lora | merged")
     x.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    x.add_argument("--push-to-hub", metavar="REPO", default=None,
+                   help="then upload the folder to this Hugging Face model repo (OWNER/NAME; created if missing; "
+                   "the token of `hf auth login` or HF_TOKEN)")
+    x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     x.set_defaults(fn=cmd_export)
 
     mp = sub.add_parser("make-pairs", help="sample a preference-pairs dataset (for diffusion_dpo) ranked by a reward")
@@ -336,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     sr.add_argument("--device", default="cpu", help="where the reward's networks run, e.g. cuda")
     sr.add_argument("--option", action="append", default=[], help="reward option key=value, repeatable")
+    sr.add_argument("--token", default=None, help="shared token clients must send as 'Authorization: Bearer TOKEN' "
+                    "(default: $VISALIGN_REWARD_TOKEN, which `ps` does not show; none: no authentication)")
+    sr.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                    help="pixels of one image, read from its PNG header before decoding (default 4096x4096)")
+    sr.add_argument("--max-request-pixels", type=int, default=2**25,
+                    help="pixels of all images of one request (default 2^25: 32 images of 1024x1024)")
+    sr.add_argument("--max-request-mb", type=float, default=128,
+                    help="MiB of one request body (default 128); bodies held in memory at once: at most 4x this")
+    sr.add_argument("--max-connections", type=int, default=128,
+                    help="connections handled at once; more are answered 503 (default 128)")
+    sr.add_argument("--timeout", type=float, default=10.0, help="seconds one read from a client may wait (default 10)")
+    sr.add_argument("--deadline", type=float, default=60.0,
+                    help="seconds a client has to send its whole request; slower ones are dropped (default 60)")
     sr.set_defaults(fn=cmd_serve_reward)
 
     t = sub.add_parser("pretrain", help="pretrain a built-in model from a recipe")
@@ -358,6 +404,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The command's output path, before anything loads: never empty (that would write into the current
+    folder); an image or JSON file where a file is written (an existing one of that kind is overwritten), a
+    folder where a run or a model is."""
+    from .runfolder import check_out, check_out_file, check_out_folder
+
+    out = getattr(args, "out", None)
+    if args.command == "sample":
+        check_out_file(out, (".png",))  # save_grid writes PNG
+    elif args.command in ("eval", "diagnose"):
+        check_out_file(out, (".json",))
+    elif args.command in ("train", "pretrain"):
+        check_out_folder(out)
+    else:
+        check_out(out)
+    if hasattr(args, "run"):  # report, export: an empty RUN would be the current folder
+        check_out(args.run, "RUN")
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -366,18 +431,34 @@ def main(argv: list[str] | None = None) -> int:
     from .models.builtin import CheckpointError
     from .registry import RegistryError
     from .rewards.server import RemoteRewardError
+    from .runfolder import RunFolderError, os_error_line
     from .trainer.checkpoint import ResumeError
-    from .trainer.trainer import TrainingStopped
+    from .trainer.trainer import TrainingInterrupted, TrainingStopped
     from .world.grammar import PromptError
 
     if "VISALIGN_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
     args = parse_args(argv)
     try:
+        check_paths(args)
         args.fn(args)
     except (PromptError, ConfigError, CheckpointError, RegistryError, ResumeError, CapabilityError, TrainingStopped,
-            RemoteRewardError, ValueError, FileNotFoundError) as e:
+            RemoteRewardError, RunFolderError, ValueError, FileNotFoundError) as e:
         print(f"visalign {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:  # Ctrl-C in training: where it stopped and how to go on
+        print(f"visalign {args.command}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C elsewhere (loading, sampling): nothing to resume
+        print(f"visalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # a path's permissions, a full or read-only disk, a busy port; any other is a bug
+        port = getattr(args, "port", None)
+        where = getattr(args, "out", None) or getattr(args, "run", None) or (f"port {port}" if port else None)
+        line = os_error_line(e, where, training=args.command == "train")
+        if line is None:
+            raise
+        print(f"visalign {args.command}: error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 
@@ -18,23 +21,61 @@ class ConfigError(ValueError):
     """A recipe, override or value that is not accepted (message is one line)."""
 
 
+# ------------------------------------------------------------------------------------ accepted ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a number setting accepts, declared where the setting is typed: `Annotated[int, Range(ge=1)]`
+    on a config field or a factory's keyword argument; _coerce checks it and names it in the message. Floats are
+    finite unless `finite=False` (a NaN passes every comparison check and a NaN setting silently wrecks a run)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    finite: bool = True
+
+    def __contains__(self, v) -> bool:
+        return not ((self.ge is not None and v < self.ge) or (self.gt is not None and v <= self.gt)
+                    or (self.le is not None and v > self.le) or (self.lt is not None and v >= self.lt))
+
+    def __str__(self) -> str:
+        lo = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        hi = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return f"{'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+        return f"{'<=' if hi[-1] == ']' else '<'} {hi[:-1]}" if hi else "any"
+
+
+# the ranges most settings take (a count of things, an interval, a rate)
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]  # 0 usually means off / all / none
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+UnitFloat = Annotated[float, Range(ge=0, le=1)]  # a fraction or probability
+DecayFloat = Annotated[float, Range(ge=0, lt=1)]  # an EMA decay, a dropout rate, Adam's betas
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Supervised pretraining of a built-in shapes model on freshly rendered GenEval-S train scenes."""
 
-    steps: int = 3000  # optimizer steps
-    batch_size: int = 64  # images per step, each a fresh render of a random train-split prompt
-    lr: float = 1e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 0)
-    warmup_steps: int = 100
+    steps: PositiveInt = 3000  # optimizer steps
+    batch_size: PositiveInt = 64  # images per step, each a fresh render of a random train-split prompt
+    lr: PositiveFloat = 1e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 0)
+    warmup_steps: NonNegativeInt = 100
     lr_schedule: str = "cosine"  # cosine (to 0 at the end) | constant (after warmup)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global gradient norm
-    cfg_dropout: float = 0.1  # fraction of prompts replaced by the empty prompt (classifier-free guidance)
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat = 1.0  # max global gradient norm
+    cfg_dropout: DecayFloat = 0.1  # fraction of prompts replaced by the empty prompt (classifier-free guidance)
     timestep_sampling: str = "logit_normal"  # "logit_normal" (SD3) or "uniform"
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500  # also writes the model at the end
-    max_minutes: float = 0.0  # stop (and write the model) after this much wall time; 0 = run all steps
+    seed: NonNegativeInt = 0
+    log_every: PositiveInt = 50
+    checkpoint_every: PositiveInt = 500  # also writes the model at the end
+    max_minutes: NonNegativeFloat = 0.0  # stop (and write the model) after this much wall time; 0 = run all steps
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -63,13 +104,34 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value, tp, key: str):
-    """Check / convert one value to the annotated type; raise ConfigError naming key and type."""
+def _ranged(value, tp, key: str):
+    """An Annotated[base, Range(...)] value: the base type's check (finite unless the range says otherwise),
+    then the range; either message names the range."""
+    base, *meta = typing.get_args(tp)
+    rng = next((m for m in meta if isinstance(m, Range)), None)
+    if rng is None:
+        return _coerce(value, base, key)
+    try:
+        v = _coerce(value, base, key, finite=rng.finite)
+    except ConfigError as e:
+        raise ConfigError(f"{e} {rng}") from None
+    if v is not None and v not in rng:
+        raise ConfigError(f"{key}={value!r} is out of range; accepted: {rng}")
+    return v
+
+
+def _coerce(value, tp, key: str, finite: bool = True):
+    """Check / convert one value to the annotated type; raise ConfigError naming key and type (and range)."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _ranged(value, tp, key)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:  # `X | None`: X's own message (its range, its type)
+            return _coerce(value, others[0], key, finite)
         for a in args:
             if a is type(None):
                 continue
@@ -92,14 +154,19 @@ def _coerce(value, tp, key: str):
             return value
         raise ConfigError(f"{key}={value!r} must be an integer")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}={value!r} must be a number")
+        if number is None:
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if finite and not math.isfinite(number):  # NaN passes no comparison: it would slip through every range
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -114,7 +181,7 @@ def build(cls, data: dict | None, prefix: str = ""):
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or cls.__name__} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # extras: the fields' declared Ranges
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in data.items():
@@ -126,8 +193,39 @@ def build(cls, data: dict | None, prefix: str = ""):
         return cls(**kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ArithmeticError) as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def _keyword_hints(fn) -> dict:
+    """The annotations of a function's (or a class's __init__'s) parameters, Ranges kept; {} when they cannot be
+    resolved (an annotation naming a type only imported for type checkers): those options are then not typed."""
+    target = fn.__init__ if inspect.isclass(fn) and not dataclasses.is_dataclass(fn) else fn
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:  # noqa: BLE001 - best effort: an unresolvable annotation must not stop loading
+        return {}
+
+
+def check_options(fn, options: dict, what: str) -> dict:
+    """Keyword options for `fn` (a factory, a class or a dataclass) as its annotations type them: each value
+    checked / converted as a recipe field is (type, Range, finite floats, true/false booleans) and an unknown
+    name refused with the accepted ones, unless `fn` takes **kwargs (then it checks those itself).
+    -> the converted options. `what` names the owner in the one-line ConfigError ("reward 'geneval_s'")."""
+    params = inspect.signature(fn).parameters
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    hints = _keyword_hints(fn)
+    out = {}
+    for k, v in options.items():
+        if k not in named and not open_ended:
+            raise ConfigError(f"{what} does not take option '{k}'; accepted: {', '.join(named) or 'none'}")
+        tp = hints.get(k) if k in named else None
+        try:
+            out[k] = v if tp is None or tp is dict else _coerce(v, tp, k)
+        except ConfigError as e:
+            raise ConfigError(f"{what}: {e}") from None
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -168,9 +266,21 @@ def load_recipe_dict(name_or_path: str) -> dict:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown recipe '{name_or_path}'; available: {', '.join(recipe_names())}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # the line and what YAML expected there, on one line
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"recipe {path} is not valid YAML{where}: {what}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} holds a {type(data).__name__} at the top level; accepted: a mapping of "
+                          f"keys (kind: train, model: ..., train: {{...}})")
     data.setdefault("name", path.stem)
     return data
+
+
+OPTIMIZERS = ("adamw", "adamw8bit")  # train.optimizer (trainer/memory.py)
 
 
 @dataclass(frozen=True)
@@ -179,41 +289,63 @@ class TrainConfig:
     `group_size` times), score them, compute advantages over the whole (all-process) batch, then
     `epochs` passes of `minibatches` optimizer steps each."""
 
-    iterations: int = 20
-    batch_size: int = 64  # images per iteration, over all processes
-    group_size: int = 8  # images per prompt (GRPO's group)
-    epochs: int = 1  # passes over one rollout batch
-    minibatches: int = 1  # optimizer steps per pass; the batch is split into this many parts
-    lr: float = 1e-4
+    iterations: PositiveInt = 20
+    batch_size: PositiveInt = 64  # images per iteration, over all processes
+    group_size: PositiveInt = 8  # images per prompt (GRPO's group)
+    epochs: PositiveInt = 1  # passes over one rollout batch
+    minibatches: PositiveInt = 1  # optimizer steps per pass; the batch is split into this many parts
+    lr: PositiveFloat = 1e-4
     lr_schedule: str = "constant"  # constant | cosine (over `iterations`, after warmup)
-    warmup_iterations: int = 0
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # max global gradient norm
+    warmup_iterations: NonNegativeInt = 0
+    weight_decay: NonNegativeFloat = 0.0
+    adam_betas: tuple[DecayFloat, DecayFloat] = (0.9, 0.999)
+    grad_clip: PositiveFloat = 1.0  # max global gradient norm (clip_grad_norm_: 0 would zero every update)
     ema_decay: float = 0.0  # > 0: an EMA of the trained weights (this decay per optimizer step), which evaluation,
     # the report and export use; the rollouts keep the raw weights. 0 = off
-    step_chunk: int = 0  # trained steps per network forward (0: all of a minibatch's at once; 1-4 for big models)
-    micro_batch: int = 0  # samples per network forward in updates (0: the whole minibatch; gradients accumulate)
+    step_chunk: NonNegativeInt = 0  # trained steps per network forward (0: all of a minibatch's at once; 1-4 for big
+    # models)
+    micro_batch: NonNegativeInt = 0  # samples per network forward in updates (0: the whole minibatch; gradients
+    # accumulate)
     compile: bool = False  # torch.compile the trained network (static shapes, one graph per batch shape; the first
     # iteration pays the compilation). For fixed-shape denoisers (UNet, DiT); token models' growing caches recompile
     compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: trace only, to debug a graph)
     finetune: str = "lora"  # lora | full
-    lora_rank: int = 8
-    lora_alpha: float = 8.0
+    lora_rank: PositiveInt = 8
+    lora_alpha: PositiveFloat = 8.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out")
-    eval_every: int = 5  # iterations between held-out evaluations (also before the first and after the last)
-    eval_per_category: int = 50
-    eval_seed: int = 0
-    checkpoint_every: int = 5
-    seed: int = 0
+    eval_every: PositiveInt = 5  # iterations between held-out evaluations (also before the first and after the last)
+    eval_per_category: PositiveInt = 50
+    eval_seed: NonNegativeInt = 0
+    checkpoint_every: PositiveInt = 5
+    seed: NonNegativeInt = 0
     curriculum: str = "uniform"  # uniform | variance: draw categories where groups disagree (trainer.PromptSampler)
     shared_initial_noise: bool = False  # a group starts from one noise; its samples differ only by SDE noise
-    diagnose_every: int = 10  # iterations between gradient-signal diagnostics (0: never); see trainer/diagnostics.py
-    min_signal_share: float = 0.5  # warn when the run's accumulated update is estimated to be less signal than this
-    max_bad_updates: int = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
-    budget_nfe: int = 0  # stop (evaluate, checkpoint) once training has used this many network evaluations; 0 = off
-    budget_minutes: float = 0.0  # stop once training wall time (evaluation excluded) passes this; 0 = off
-    eval_every_nfe: int = 0  # also evaluate each time training's network evaluations pass a multiple of this
+    diagnose_every: NonNegativeInt = 10  # iterations between gradient-signal diagnostics (0: never); see
+    # trainer/diagnostics.py
+    min_signal_share: UnitFloat = 0.5  # warn when the run's accumulated update is estimated to be less signal than this
+    max_bad_updates: PositiveInt = 3  # consecutive updates skipped for a NaN/inf loss or reward before the run stops
+    budget_nfe: NonNegativeInt = 0  # stop (evaluate, checkpoint) once training has used this many network
+    # evaluations; 0 = off
+    budget_minutes: NonNegativeFloat = 0.0  # stop once training wall time (evaluation excluded) passes this; 0 = off
+    eval_every_nfe: NonNegativeInt = 0  # also evaluate each time training's network evaluations pass a multiple of this
+    # the distributed engine (visalign/distributed.py: accelerate)
+    mixed_precision: str | bool = ""  # no | bf16 | fp16: the network's forwards under autocast (fp32 master weights, fp32
+    # step math and log-probs); "" = as launched (accelerate launch --mixed_precision). Set in both, they must agree
+    # (the recipe's wins over the launcher's default no). fp16 (with a grad scaler) needs a GPU
+    fsdp: bool = False  # shard the trained network with FSDP2 per block over the processes (also accelerate launch
+    # --use_fsdp); full fine-tuning or LoRA; a no-op in one process (visalign/distributed.py)
+    # where metrics also go, beside RUN/metrics.jsonl (always written): accelerate's experiment trackers, one name, a
+    # comma-separated string or a list: tensorboard (RUN/tb: scalars, each evaluation's sample grid, the recipe as
+    # hparams + text) | wandb (files in RUN/wandb; WANDB_MODE=offline works without an account) | comet_ml | aim |
+    # mlflow | clearml | dvclive | swanlab | trackio | all (every installed one) | none. The package must be installed
+    report_to: str | tuple[str, ...] = "tensorboard"
+    # memory and checkpoints
+    gradient_checkpointing: bool = False  # recompute the trained network's activations in the backward instead of
+    # keeping them (the backbone's own: diffusers' enable_gradient_checkpointing, the built-ins' blocks): less memory
+    # per update for one more forward of the network; results unchanged. May be switched on or off when resuming
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes' AdamW8bit: ~1/4 of AdamW's state memory; install
+    # bitsandbytes yourself, it is not a dependency). Same lr, adam_betas and weight_decay
+    keep_checkpoints: int = 1  # how many of the newest RUN/checkpoints/iter-N folders to keep (older ones are removed)
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -248,13 +380,22 @@ class TrainConfig:
         for k in ("eval_every", "checkpoint_every", "epochs", "eval_per_category", "lora_rank"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if self.mixed_precision is False:  # YAML reads an unquoted `no` as false
+            object.__setattr__(self, "mixed_precision", "no")
+        if self.mixed_precision not in ("", "no", "bf16", "fp16"):
+            raise ConfigError(f"train.mixed_precision '{self.mixed_precision}' is not one of no, bf16, fp16")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer '{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"train.keep_checkpoints must be >= 1 (the newest checkpoint is always kept), got "
+                              f"{self.keep_checkpoints}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """The held-out evaluation's sampler and its judges (visalign/monitor.py)."""
 
-    steps: int | None = None  # None: the model's default
+    steps: PositiveInt | None = None  # None: the model's default
     guidance: float | None = None
     # rewards the run does not train on that score the held-out samples beside the training reward, as reward
     # specs ('geneval_s_learned', 'ocr?psm=8&preprocess=otsu-crop'); None: the prompt set's defaults; []: none
@@ -266,6 +407,8 @@ class TrainRecipe:
     name: str
     description: str = ""
     model: str = "builtin:shapes-flow"
+    # options of the model spec, as after its '?' (e.g. {local_files_only: false}: let diffusers download a hub id)
+    model_options: dict = field(default_factory=dict)
     prompts: str = "geneval-s"  # prompt set: geneval-s | animals | file:PATH (visalign/prompts.py)
     reward: str = "geneval_s"
     reward_options: dict = field(default_factory=dict)

@@ -32,6 +32,17 @@ class PairDataError(ValueError):
     """A pairs dataset that cannot be read (one-line message)."""
 
 
+def _json_line(index: Path, i: int, line: str) -> dict:
+    """One pair of pairs.jsonl; a line that is not a JSON object is refused naming the file and line."""
+    try:
+        pair = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise PairDataError(f"'{index}' line {i + 1} is not JSON ({e.msg}); accepted: one JSON object per line") from None
+    if not isinstance(pair, dict):
+        raise PairDataError(f"'{index}' line {i + 1} is not a JSON object; accepted: one object per line")
+    return pair
+
+
 class PairDataset:
     """The pairs of a dataset folder; `batch()` draws a seeded batch of them."""
 
@@ -44,13 +55,26 @@ class PairDataset:
         self.meta = json.loads(meta.read_text())
         if self.meta.get("format") != FORMAT:
             raise PairDataError(f"'{path}' has format {self.meta.get('format')!r}; accepted: {FORMAT!r}")
-        self.pairs = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+        self.pairs = [_json_line(index, i, line) for i, line in enumerate(index.read_text().splitlines()) if line.strip()]
         if not self.pairs:
             raise PairDataError(f"'{path}' holds no pairs")
         for i, p in enumerate(self.pairs):
             missing = [k for k in ("prompt", "chosen", "rejected") if k not in p]
             if missing:
                 raise PairDataError(f"'{index}' line {i + 1} lacks {', '.join(missing)}")
+            for key in ("chosen", "rejected"):
+                self._check_inside(p[key], f"'{index}' line {i + 1} {key}")
+
+    def _check_inside(self, rel, where: str) -> None:
+        """An image path of the index must stay inside the dataset folder: a dataset from elsewhere must not make
+        the trainer read other files (an absolute path, `..`, or a link out of the folder)."""
+        if not isinstance(rel, str) or not rel:
+            raise PairDataError(f"{where} is {rel!r}; accepted: an image path relative to the dataset folder")
+        path = Path(rel)
+        if path.is_absolute() or ".." in path.parts or not (self.root / path).resolve().is_relative_to(
+                self.root.resolve()):
+            raise PairDataError(f"{where} is '{rel}', outside the dataset folder; accepted: a path relative to "
+                                f"'{self.root}' without '..' (e.g. images/000000-chosen.png)")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -61,8 +85,12 @@ class PairDataset:
         path = self.root / rel
         if not path.is_file():
             raise PairDataError(f"pairs dataset '{self.root}' lists a missing image: {rel}")
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except (Image.UnidentifiedImageError, OSError) as e:  # not an image, or cut short (a copy that stopped)
+            raise PairDataError(f"pairs dataset '{self.root}' lists {rel}, which is not a readable image "
+                                f"({type(e).__name__}); accepted: PNG images as `visalign make-pairs` writes") from None
 
     def batch(self, seed: int, iteration: int, n: int) -> tuple[torch.Tensor, list[str], torch.Tensor, list[int]]:
         """n pairs drawn with the generator (seed, iteration) (without replacement when the dataset is large

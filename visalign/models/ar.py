@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..world import plan as plan_lang
 from .text import PARSERS, check_task, make_tokenizer
@@ -143,6 +144,7 @@ class Block(nn.Module):
 
 class TokenGPT(Pretrained, nn.Module):
     config_cls = ARConfig
+    gradient_checkpointing = False  # enable_gradient_checkpointing(): blocks recomputed in the backward
 
     def __init__(self, config: ARConfig):
         super().__init__()
@@ -175,6 +177,15 @@ class TokenGPT(Pretrained, nn.Module):
         one token at a time."""
         return [KVCache(self.config.context) for _ in self.blocks]
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in the backward of a teacher-forced forward (cache None, gradients
+        on: the update's), instead of keeping them; decoding (no_grad, a cache written in place) is unchanged."""
+        self.gradient_checkpointing = True
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.gradient_checkpointing
+
     def forward(self, ids: torch.Tensor, start: int = 0, cache: list | None = None):
         """ids [R, S] input ids at positions start..start+S-1 (cache: the keys/values of positions
         0..start-1, or new_cache() before the first call) -> (logits [R, S, out_vocab] predicting the next
@@ -187,8 +198,12 @@ class TokenGPT(Pretrained, nn.Module):
                              f"cache of exactly the positions before the input (new_cache() for position 0)")
         x = self.embed(ids) + self.pos[start : start + s]  # [R, S, D]
         new = []
+        checkpointed = self.gradient_checkpointing and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, None if cache is None else cache[i])
+            if checkpointed:  # only without a cache: recomputing a block must not write a KVCache twice
+                x, kv = torch.utils.checkpoint.checkpoint(block, x, None, use_reentrant=False)
+            else:
+                x, kv = block(x, None if cache is None else cache[i])
             new.append(kv)
         return self.head(self.ln_f(x)), new
 
@@ -236,6 +251,10 @@ class ShapesARAdapter:
 
     def predict(self, ids: torch.Tensor, start: int = 0, cache: list | None = None):
         return self.model(ids, start, cache)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """train.gradient_checkpointing: the GPT's blocks under torch.utils.checkpoint in updates."""
+        self.model.enable_gradient_checkpointing()
 
     def new_cache(self) -> list:
         return self.model.new_cache()

@@ -110,11 +110,22 @@ class ShapesModel(Pretrained, nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet blocks' activations in the backward (less memory per update, one more forward)."""
+        self.unet.gradient_checkpointing = True
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.unet.gradient_checkpointing
+
 
 class _ShapesAdapter:
     """A built-in model as a policy adapter: pixel space, so decode is a clamp."""
 
     predictions: tuple[str, ...] = ("velocity",)  # what the model may predict for this adapter
+    # the network's methods besides forward that encode() calls: FSDP (distributed.py) gathers the sharded
+    # parameters around them as around a forward
+    network_methods: tuple[str, ...] = ("encode_prompts",)
 
     def __init__(self, model: ShapesModel):
         if model.config.prediction not in self.predictions:
@@ -139,6 +150,10 @@ class _ShapesAdapter:
 
     def predict(self, x: torch.Tensor, t: torch.Tensor, cond: TextCondition) -> torch.Tensor:
         return self.model(x, t, cond)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """train.gradient_checkpointing: the UNet's blocks under torch.utils.checkpoint."""
+        self.model.enable_gradient_checkpointing()
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(-1, 1)

@@ -1,7 +1,10 @@
 """Real diffusers backends as policy adapters: `diffusers:<path-or-hub-id>?dtype=bfloat16&resolution=512`.
 
-The pipeline is loaded with `DiffusionPipeline.from_pretrained(..., local_files_only=True)`: a local
-directory, or a hub id already in the local Hugging Face cache; nothing is downloaded.
+The pipeline is loaded with `DiffusionPipeline.from_pretrained(..., local_files_only=True)` by default: a
+local directory, or a hub id already in the local Hugging Face cache; nothing is downloaded unless the spec
+says `?local_files_only=false` (a recipe: `model_options: {local_files_only: false}`), which lets diffusers
+download a hub id into the cache. A visalign run folder or one of its checkpoints is refused with the
+`visalign export` command that makes a pipeline (or a LoRA) of it.
 
   StableDiffusionPipeline, StableDiffusionXLPipeline -> DiffusersDiffusionAdapter (family "diffusion",
       DiffusionPolicy): the UNet's prediction (epsilon or v) on a DDIMScheduler schedule built from the
@@ -16,7 +19,7 @@ directory, or a hub id already in the local Hugging Face cache; nothing is downl
 Options (after '?'): dtype (float32 | bfloat16 | float16; the network and the frozen parts, default
 float32), resolution (image side in pixels; default the pipeline's), flux_guidance (FLUX's distilled
 guidance value, default 3.5, used when the transformer embeds guidance), max_sequence_length (T5 tokens;
-default the pipeline's, 256 for SD3 and 512 for FLUX).
+default the pipeline's, 256 for SD3 and 512 for FLUX), local_files_only (true | false, default true: offline).
 
 A pipeline folder with a `sampling.json` (the bundled shapes pipelines, models/shapes_pipelines.py) brings its
 sampling defaults: num_inference_steps, guidance_scale and max_sequence_length, the pipeline-call arguments
@@ -30,6 +33,7 @@ the unconditional prompt, encoded as the pipeline encodes its default negative p
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -93,30 +97,50 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
-def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
-    """DiffusionPipeline.from_pretrained(name, local_files_only=True); every failure is one ValueError line."""
+def _source(name: str) -> str:
+    """What from_pretrained is given: a checked local pipeline folder, or the hub id as it is."""
+    from ..trainer.checkpoint import not_a_diffusers_folder, run_of_folder
+
+    if not _looks_like_path(name):
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ValueError(f"diffusers model '{name}': no such directory (give a diffusers pipeline folder, or a hub "
+                         f"id such as stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    if not (path / "model_index.json").is_file():
+        run = run_of_folder(path)
+        if run is not None:  # diffusers' loaders would read our training state as nothing, silently
+            raise ValueError(f"diffusers model {not_a_diffusers_folder(name, run, 'pipeline')}")
+        raise ValueError(f"diffusers model '{name}': {path} holds no model_index.json, so it is not a diffusers "
+                         f"pipeline directory (write one with pipe.save_pretrained(dir))")
+    return str(path)
+
+
+def _not_found(name: str, local_files_only: bool, e: Exception) -> ValueError:
+    """The one line for a model that is neither a folder nor cached (offline), or that failed to download."""
+    if local_files_only:
+        return ValueError(
+            f"diffusers model '{name}' is neither a local pipeline folder nor in the local Hugging Face cache, and "
+            f"models load offline by default: add ?local_files_only=false to let diffusers download it (in a recipe: "
+            f"model_options.local_files_only=false), or fetch it first with `hf download {name}` "
+            f"(`huggingface-cli download {name}` on older huggingface_hub) ({_first_line(e)})")
+    blocked = "; HF_HUB_OFFLINE is set, which forbids downloads" if os.environ.get("HF_HUB_OFFLINE") else ""
+    return ValueError(f"diffusers model '{name}' is neither a local pipeline folder nor cached, and downloading it "
+                      f"from the Hugging Face hub (local_files_only=false) failed{blocked} ({_first_line(e)})")
+
+
+def load_pipeline(name: str, dtype: torch.dtype = torch.float32, local_files_only: bool = True):
+    """DiffusionPipeline.from_pretrained(name, local_files_only=...): offline by default, a download from the hub
+    only when asked; every failure is one ValueError line."""
     from diffusers import DiffusionPipeline
 
-    path = Path(name).expanduser()
-    if _looks_like_path(name):
-        if not path.exists():
-            raise ValueError(f"diffusers model '{name}': no such directory (offline: a local pipeline directory or a "
-                             f"hub id already in the local Hugging Face cache, local_files_only=True; no network)")
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"diffusers model '{name}': {path} holds no model_index.json, so it is not a diffusers "
-                             f"pipeline directory (write one with pipe.save_pretrained(dir))")
-        source = str(path)
-    else:
-        source = name
+    source = _source(name)
     try:
         with warnings.catch_warnings():  # huggingface_hub's deprecation chatter
             warnings.simplefilter("ignore")
-            config = DiffusionPipeline.load_config(source, local_files_only=True)
+            config = DiffusionPipeline.load_config(source, local_files_only=local_files_only)
     except Exception as e:  # noqa: BLE001 - hub/cache errors come in many classes; all mean "not here"
-        raise ValueError(
-            f"diffusers model '{name}' cannot be loaded offline: tried a local pipeline directory and the local "
-            f"Hugging Face cache (local_files_only=True), and no network is available to download it "
-            f"({_first_line(e)})") from None
+        raise _not_found(name, local_files_only, e) from None
     cls = config.get("_class_name")
     if cls not in SUPPORTED:
         raise ValueError(f"diffusers model '{name}' is a {cls}; supported pipelines: {', '.join(SUPPORTED)}")
@@ -126,15 +150,22 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
     try:
         with warnings.catch_warnings(), quiet():  # no progress/info chatter while loading
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = DiffusionPipeline.from_pretrained(source, local_files_only=True, dtype=dtype, **absent)
+            pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local_files_only, dtype=dtype, **absent)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"diffusers model '{name}' ({cls}) failed to load offline with local_files_only=True: "
-                         f"{_first_line(e)}") from None
+        raise ValueError(f"diffusers model '{name}' ({cls}) failed to load (local_files_only="
+                         f"{str(local_files_only).lower()}): {_first_line(e)}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-OPTIONS = ("dtype", "resolution", "flux_guidance", "max_sequence_length")
+OPTIONS = ("dtype", "resolution", "flux_guidance", "max_sequence_length", "local_files_only")
+
+
+def _flag(model: str, option: str, value) -> bool:
+    """A true/false option (YAML-typed by the spec parser: true, false, yes, no)."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"diffusers model '{model}': option {option}={value!r} is not accepted; accepted: true, false")
 
 
 def load_diffusers(name: str, **options):
@@ -145,7 +176,7 @@ def load_diffusers(name: str, **options):
     if unknown:
         raise ValueError(f"model 'diffusers:{name}' does not take options {unknown}; accepted: {', '.join(OPTIONS)}")
     dt = _dtype(options.pop("dtype", "float32"))
-    pipe = load_pipeline(name, dt)
+    pipe = load_pipeline(name, dt, _flag(name, "local_files_only", options.pop("local_files_only", True)))
     path = Path(name).expanduser()
     sampling = read_sampling(path) if path.is_dir() else {}
     if "max_sequence_length" in sampling:
@@ -228,6 +259,20 @@ class _DiffusersAdapter:
         self.pipe.to(device)
         self._cache = {p: c.to(device) for p, c in self._cache.items()}
         return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """train.gradient_checkpointing: the network's own diffusers checkpointing (UNet2DConditionModel,
+        SD3Transformer2DModel and FluxTransformer2DModel have it). diffusers (>= 0.32) gates it on
+        torch.is_grad_enabled(), not on train mode, so it acts in updates with the network in eval mode, as visalign
+        keeps it, and not in no_grad rollouts."""
+        from ..config import ConfigError
+
+        net = self.module
+        if not getattr(net, "_supports_gradient_checkpointing", False):
+            raise ConfigError(f"train.gradient_checkpointing: diffusers' {type(net).__name__} has no gradient "
+                              f"checkpointing; supported: UNet2DConditionModel, SD3Transformer2DModel, "
+                              f"FluxTransformer2DModel")
+        net.enable_gradient_checkpointing()
 
     def _frozen(self) -> list[nn.Module]:
         names = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch.nn as nn
-
+import torch
+from torch import nn
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
@@ -64,17 +64,41 @@ def add_lora(module: nn.Module, rank: int, alpha: float, targets: tuple[str, ...
     return params
 
 
-def lora_state_dict(module: nn.Module) -> dict:
+def lora_tensors(module: nn.Module) -> dict:
+    """The module's LoRA weights under its own state-dict names (peft's, with the adapter name)."""
+    return {k: v for k, v in module.state_dict().items() if "lora_" in k}
+
+
+def lora_state_dict(module: nn.Module, state_dict: dict | None = None) -> dict:
+    """The LoRA weights as saved (peft's names, without the adapter name); `state_dict`: lora_tensors() as
+    given (e.g. gathered whole from FSDP's shards) instead of the module's own."""
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(module)
+    return get_peft_model_state_dict(module, state_dict=state_dict)
 
 
-def load_lora_state_dict(module: nn.Module, state: dict) -> None:
+def _saved_names(module: nn.Module) -> dict[str, str]:
+    """{name in lora_state_dict(): the module's own name} of every LoRA weight (peft's renaming, asked of peft:
+    each tensor tagged with its index)."""
+    own = list(lora_tensors(module))
+    tagged = lora_state_dict(module, {k: torch.tensor(i) for i, k in enumerate(own)})
+    return {k: own[int(v)] for k, v in tagged.items()}
+
+
+def load_lora_state_dict(module: nn.Module, state: dict, place=None) -> None:
+    """lora_state_dict()'s weights into the module. place(whole, own) -> what to load (e.g. distributed.py's
+    local_state: FSDP's part of each tensor of `own`, the module's state dict); None: peft loads them as they are."""
     from peft import set_peft_model_state_dict
 
-    result = set_peft_model_state_dict(module, state)
-    unexpected = getattr(result, "unexpected_keys", [])
+    if place is not None:
+        names = _saved_names(module)
+        unexpected = sorted(set(state) - set(names))
+        if not unexpected:
+            module.load_state_dict(place({names[k]: v for k, v in state.items()}, module.state_dict()), strict=False)
+            return
+    else:
+        result = set_peft_model_state_dict(module, state)
+        unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"LoRA weights do not fit this model: first unexpected keys {sorted(unexpected)[:3]}")
 

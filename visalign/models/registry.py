@@ -1,7 +1,12 @@
 """Named generators: `load_generator("builtin:shapes-flow")`, `load_generator("oracle?blur=0.6&noise=0.04")`.
 
 A generator turns prompts and per-sample seeds into uint8 images [B, H, W, 3]; options after '?' are
-passed to its factory as typed keyword arguments."""
+passed to its factory as typed keyword arguments (a recipe's `model_options` are added to them: with_options).
+
+`diffusers:<path-or-hub-id>` loads offline by default (a local folder or the Hugging Face cache);
+`?local_files_only=false` lets diffusers download a hub id. A user's diffusers pipeline takes any prompt; the
+other models are world models (is_world_model), drawing only their world's words, so their prompts are held to
+its grammar."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import NonNegativeFloat, PositiveInt, check_options
 from ..images import tensor_to_images
 from ..registry import Registry, split_spec
 from ..world import grammar, render
@@ -24,8 +30,9 @@ class OracleGenerator:
     `distractors` random objects nobody asked for beside it (what GenEval's rules let through and the exact
     reading does not): it measures the verifier, not a model."""
 
-    def __init__(self, resolution: int = 32, blur: float = 0.0, noise: float = 0.0, distractors: int = 0):
-        if distractors < 0:
+    def __init__(self, resolution: PositiveInt = 32, blur: NonNegativeFloat = 0.0, noise: NonNegativeFloat = 0.0,
+                 distractors: int = 0):
+        if distractors < 0:  # its own message (the CLI's tests read it); the other ranges are the annotations'
             raise ValueError(f"oracle: distractors must be >= 0, got {distractors}")
         self.resolution, self.blur, self.noise, self.distractors = resolution, blur, noise, distractors
 
@@ -45,8 +52,8 @@ class PolicyGenerator:
     another of the family's samplers picked by SAMPLER_OPTIONS (kind=ddim&eta=1: the stochastic DDIM a DDPO
     run trains; its noise comes from each sample's seed, so such an evaluation still repeats exactly)."""
 
-    def __init__(self, adapter, steps: int | None = None, guidance: float | None = None, batch_size: int = 128,
-                 validate: bool = True, **sampler):
+    def __init__(self, adapter, steps: PositiveInt | None = None, guidance: float | None = None,
+                 batch_size: PositiveInt = 128, validate: bool = True, **sampler):
         import dataclasses
 
         from ..policies import make_policy
@@ -60,7 +67,8 @@ class PolicyGenerator:
             takes = ["steps", "guidance", "batch_size"] + [o for o in SAMPLER_OPTIONS if o in fields]
             raise ValueError(f"sampler options {bad} do not apply to a {type(self.policy).__name__}; its sampler "
                              f"takes: {', '.join(takes)}")
-        self.sampling = dataclasses.replace(self.sampling, **sampler)  # the Sampling checks the values
+        sampler = check_options(type(self.sampling), sampler, f"{type(self.policy).__name__} sampler")  # typed
+        self.sampling = dataclasses.replace(self.sampling, **sampler)  # then the Sampling checks the values
         self.batch_size = batch_size
         self.validate = validate  # prompts must parse in the model's world task (a clear error for a typo)
         self.parse = getattr(adapter, "parse_prompt", grammar.parse_prompt)  # built-in text models: the text grammar
@@ -76,10 +84,9 @@ class PolicyGenerator:
         return np.concatenate(out)
 
 
-@MODELS.register("oracle", "renders the prompt exactly (options: blur, noise, resolution, distractors: random objects "
-                 "nobody asked for beside it)")
-def _oracle(**opts):
-    return OracleGenerator(**opts)
+# the class itself: load_model types its options from its __init__'s annotations
+MODELS.register("oracle", "renders the prompt exactly (options: blur, noise, resolution, distractors: random objects "
+                "nobody asked for beside it)")(OracleGenerator)
 
 
 def builtin_adapter(model: ShapesModel):
@@ -130,6 +137,7 @@ def _token_model(name: str, path, tokenizer, sampling: dict, accepted: tuple[str
         raise ValueError(f"{name} does not take options {unknown}; accepted: path, "
                          f"{'tokenizer, ' if 'plan' in accepted else ''}{', '.join(accepted)}")
     adapter = load_ar(path, tokenizer)
+    sampling = check_options(type(adapter.config), sampling, f"model '{name}'")  # types (a number is a number)
     adapter.config = adapter.model.config = dataclasses.replace(adapter.config, **sampling)  # checked by ARSampling
     return adapter
 
@@ -144,8 +152,35 @@ def is_diffusers_spec(spec: str) -> bool:
     return name.startswith(DIFFUSERS_PREFIX) or name in BUNDLED_PIPELINES
 
 
-@MODELS.register(DIFFUSERS_PREFIX + "<path-or-hub-id>", "a diffusers SD1.5/SDXL/SD3/FLUX pipeline, local dir or cached "
-                 "hub id, loaded offline (options: dtype, resolution, flux_guidance, max_sequence_length)")
+def is_world_model(spec: str) -> bool:
+    """Whether a model draws only a built-in world's words, so prompts are held to its grammar (a clear error for
+    a typo): every model but a user's `diffusers:` pipeline, which takes any prompt. The bundled pipelines count
+    as world models: their tokenizer knows only the world's words and would split any other into meaningless
+    pieces, silently."""
+    return not spec.split("?", 1)[0].startswith(DIFFUSERS_PREFIX)
+
+
+def with_options(spec: str, options: dict) -> str:
+    """A model spec with a recipe's `model_options` added after '?' (the spec's own text kept as written). A key
+    given both ways with different values is refused."""
+    from urllib.parse import urlencode
+
+    if not isinstance(options, dict):
+        raise ValueError(  # noqa: TRY004 - a recipe's mistake: the one-line errors the CLI prints are ValueErrors
+            f"model_options must be a mapping of model options, e.g. {{local_files_only: false}}; got {options!r}")
+    _, own = split_spec(spec)
+    clash = sorted(k for k in options if k in own and own[k] != options[k])
+    if clash:
+        raise ValueError(f"model option(s) {clash} given twice with different values, in model '{spec}' and in "
+                         f"model_options {options}; give each once")
+    new = {k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items() if k not in own}
+    return spec + ("&" if "?" in spec else "?") + urlencode(new) if new else spec
+
+
+@MODELS.register(DIFFUSERS_PREFIX + "<path-or-hub-id>", "a diffusers SD1.5/SDXL/SD3/FLUX pipeline, local dir or hub "
+                 "id; offline by default: a hub id must be in the local cache unless local_files_only=false, which "
+                 "lets diffusers download it (options: dtype, resolution, flux_guidance, max_sequence_length, "
+                 "local_files_only)")
 def _diffusers(path: str, **opts):
     from .diffusers_adapter import load_diffusers
 
@@ -181,12 +216,18 @@ def load_model(spec: str):
         opts["path"] = name[len(DIFFUSERS_PREFIX):]
         name = DIFFUSERS_PREFIX + "<path-or-hub-id>"
     elif name not in MODELS and Path(name).is_dir():
+        from ..trainer.checkpoint import run_of_folder
         from .ar import TOKENIZER_DIR
 
+        run = run_of_folder(name)
+        if run is not None:  # a run holds training state, not a model folder
+            raise ValueError(f"model '{name}' is a visalign run or checkpoint folder, not a model folder; export it "
+                             f"first: `visalign export {run} --format merged --out DIR`, then --model DIR")
         if (Path(name) / TOKENIZER_DIR).is_dir():  # a token model saved with its tokenizer (models/ar.py)
             return _shapes_ar(path=name, **opts)
         return builtin_adapter(ShapesModel.from_pretrained(name, **opts))
     factory = MODELS.get(name)
+    opts = check_options(factory, opts, f"model '{name}'")  # typed from its signature: ?steps=abc is one line
     try:
         return factory(**opts)
     except TypeError as e:
@@ -210,4 +251,5 @@ def load_generator(spec: str, validate: bool = True):
         if gen_opts:
             raise ValueError(f"model '{name}' takes no sampler options {sorted(gen_opts)}")
         return obj
+    gen_opts = check_options(PolicyGenerator, gen_opts, f"model '{name}'")  # ?steps=0, ?guidance=nan: refused
     return PolicyGenerator(obj, validate=validate, **gen_opts)

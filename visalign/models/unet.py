@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -113,7 +114,11 @@ class UNet(nn.Module):
     """(x [B, 3, H, W], t [B], ctx [B, L, Dc], ctx_mask [B, L], pooled [B, Dc]) -> [B, 3, H, W].
 
     channels[i] is the width at resolution H / 2^(i+1); `attention[i]` says whether level i attends;
-    `positional` adds position features in every attention block."""
+    `positional` adds position features in every attention block. With `gradient_checkpointing` (set by
+    ShapesModel.enable_gradient_checkpointing), each block's activations are recomputed in the backward instead of
+    kept, wherever gradients are on (train or eval mode alike)."""
+
+    gradient_checkpointing = False
 
     def __init__(self, channels=(64, 128), attention=(True, True), ctx_dim: int = 128, heads: int = 4,
                  in_channels: int = 3, positional: bool = False):
@@ -142,6 +147,13 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def _run(self, block: nn.Module, *args):
+        """block(*args), under activation checkpointing when it is on and gradients are being taken (a no_grad
+        rollout keeps nothing to recompute)."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
     def forward(self, x, t, ctx, ctx_mask, pooled):
         emb = self.time(timestep_embedding(t, self.c0)) + self.text(pooled)  # [B, E]
         h = self.stem(F.pixel_unshuffle(x, 2))  # [B, c0, H/2, W/2]
@@ -149,13 +161,13 @@ class UNet(nn.Module):
         for i, (block, attn) in enumerate(zip(self.down, self.down_attn)):
             if i > 0:
                 h = self.downsample[i - 1](h)  # [B, c_i, H/2^(i+1), W/2^(i+1)]
-            h = block(h, emb)
-            h = attn(h, ctx, ctx_mask) if attn is not None else h
+            h = self._run(block, h, emb)
+            h = self._run(attn, h, ctx, ctx_mask) if attn is not None else h
             skips.append(h)
-        h = self.mid_attn(self.mid(h, emb), ctx, ctx_mask)
+        h = self._run(self.mid_attn, self._run(self.mid, h, emb), ctx, ctx_mask)
         for i in reversed(range(len(self.up))):
-            h = self.up[i](torch.cat([h, skips[i]], 1), emb)
-            h = self.up_attn[i](h, ctx, ctx_mask) if self.up_attn[i] is not None else h
+            h = self._run(self.up[i], torch.cat([h, skips[i]], 1), emb)
+            h = self._run(self.up_attn[i], h, ctx, ctx_mask) if self.up_attn[i] is not None else h
             if i > 0:
                 h = self.upsample[i - 1](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), 2)  # [B, 3, H, W]

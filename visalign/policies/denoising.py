@@ -123,7 +123,8 @@ class DenoisingPolicy:
 
     def eval_sampling(self, steps: int | None = None, guidance: float | None = None):
         """The deterministic sampler evaluation uses, with the model's own defaults."""
-        return self.Sampling(steps=steps or self.adapter.default_steps, kind="ode",
+        # `is None`, not `or`: steps=0 is refused by the Sampling, not silently the default
+        return self.Sampling(steps=self.adapter.default_steps if steps is None else steps, kind="ode",
                              guidance_scale=self.adapter.default_guidance if guidance is None else guidance)
 
     def guided(self, x, t, cond, uncond, guidance_scale: float, p_u=None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import NonNegativeFloat, PositiveFloat
 from ..math.sde import FLOW_KINDS, StepOutput, flow_sde_step, sigma_schedule
 from .denoising import DenoisingPolicy, check_sampling, draw_generators
 
@@ -16,8 +17,8 @@ class FlowSampling:
     steps: int = 20
     guidance_scale: float = 1.0  # 1 = no classifier-free guidance
     kind: str = "ode"  # flow | dance | cps | ode
-    noise_level: float = 0.7
-    shift: float | None = None  # SD3 time shift of the sigma schedule; None: the model's own (1 for ours, 3 for SD3)
+    noise_level: NonNegativeFloat = 0.7  # ranges: checked where recipes and model specs are parsed (config.build)
+    shift: PositiveFloat | None = None  # SD3 time shift of the sigma schedule; None: the model's own (ours 1, SD3 3)
     sde_window: tuple[int, int] | None = None  # steps [start, end) that are stochastic; None = all
 
     def __post_init__(self):

@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from ..config import PositiveFloat
 from ..types import RewardOutput
 from .base import REWARDS, Reward, load_reward
 
@@ -112,5 +113,5 @@ def _parse_components(components) -> dict[str, tuple[Reward, float]]:
 
 @REWARDS.register("combine", "weighted sum of rewards, each standardised within the prompt's group first; options: "
                   "components {REWARD: {weight, options}}, normalize group|batch|none")
-def _combine(components=None, normalize: str = "group", eps: float = 1e-6):
+def _combine(components=None, normalize: str = "group", eps: PositiveFloat = 1e-6):
     return CombinedReward(_parse_components(components), normalize, eps)

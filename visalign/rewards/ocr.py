@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..config import PositiveFloat
 from ..images import tensor_to_images
 from ..types import RewardOutput
 from ..world import text as text_world
@@ -261,5 +262,5 @@ class OCRReward(Reward):
                   "one block, 7 = one line (default), 8 = one word, 13 = one raw line), preprocess (none (default) "
                   "or otsu-crop: 2x, OpenCV's Otsu binarisation, cropped to the ink); the judge of a run trained on "
                   "the default: psm 8, preprocess otsu-crop")
-def _ocr(workers: int = 2, timeout: float = 120.0, psm: int = 7, preprocess: str = "none"):
+def _ocr(workers: int = 2, timeout: PositiveFloat = 120.0, psm: int = 7, preprocess: str = "none"):
     return OCRReward(workers, timeout, psm, preprocess)

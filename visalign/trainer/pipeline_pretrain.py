@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, NonNegativeFloat
 from ..images import images_to_tensor
 from ..models import shapes_pipelines as sp
 from .checkpoint import atomic_write_text
@@ -44,7 +44,7 @@ class PipelinePretrainRecipe:
     vae: str = "builtin:shapes-vae"  # sd3/sd15: the frozen VAE (builtin:shapes-vae or a folder vae_pretrain wrote)
     init: str = ""  # sd3/sd15: go on training this pipeline folder (its own VAE and config; model: is ignored)
     model: dict = field(default_factory=dict)  # VAEConfig, SD3Config or SD15Config fields
-    kl_weight: float = 1e-4  # vae: KL per latent element against MSE per pixel
+    kl_weight: NonNegativeFloat = 1e-4  # vae: KL per latent element against MSE per pixel
     timestep_sampling: str = "logit_normal"  # sd3/sd15: logit_normal (SD3) | uniform
     text_encoders: str = "train"  # sd3/sd15: train (with the denoiser) | frozen (as initialised)
     train: TokenPretrainConfig = field(default_factory=TokenPretrainConfig)
@@ -245,10 +245,7 @@ def run_recipe(data: dict, out: str | Path, log=print):
     kind = data.pop("kind")
     recipe = build(PipelinePretrainRecipe, data)
     cls = {"vae_pretrain": sp.VAEConfig, "sd3_pretrain": sp.SD3Config, "sd15_pretrain": sp.SD15Config}[kind]
-    try:
-        cfg = sp.config_from_dict(cls, recipe.model)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from None
+    cfg = build(cls, recipe.model, "model")  # typed as the recipe's own fields (model.text a TextConfig)
     if kind == "vae_pretrain":
         return vae_pretrain(cfg, recipe, out, log)
     return denoiser_pretrain(kind.removesuffix("_pretrain"), cfg, recipe, out, log)

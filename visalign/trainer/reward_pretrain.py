@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
 from ..images import images_to_tensor
 from ..models.reward_net import RewardNet, RewardNetConfig
 from ..world import grammar, render, verify
@@ -43,36 +43,37 @@ from ..world.vocab import CATEGORIES, COLOR_NAMES, MAX_OBJECTS, RELATIONS, SHAPE
 class RewardPretrainConfig:
     """Training of the learned GenEval-S reward (fp32, CPU, seeded)."""
 
-    steps: int = 1200  # optimizer steps
-    batch_size: int = 128  # pairs per step, half accepted and half rejected by the verifier
-    lr: float = 2e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 0)
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
+    steps: PositiveInt = 1200  # optimizer steps
+    batch_size: PositiveInt = 128  # pairs per step, half accepted and half rejected by the verifier
+    lr: PositiveFloat = 2e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 0)
+    warmup_steps: NonNegativeInt = 100
+    weight_decay: NonNegativeFloat = 0.01
+    grad_clip: PositiveFloat = 1.0
+    seed: NonNegativeInt = 0
     generators: tuple[str, ...] = ("builtin:shapes-flow", "builtin:shapes-ddpm")  # sampled into the pool
-    pool_per_generator: int = 1536  # samples per generator on average (samplers: see sampler_settings)
+    pool_per_generator: NonNegativeInt = 1536  # samples per generator on average (samplers: see sampler_settings)
     pool_shares: tuple[float, ...] = ()  # relative pool share of each generator (empty: equal shares)
-    pool_val_fraction: float = 0.1  # part of the pool kept out of training, to watch overfitting in the log
-    generator_fraction: float = 0.5  # fraction of candidate pairs whose image comes from the pool
-    own_prompt_prob: float = 0.5  # a pool image is shown with its own prompt, else with a related train prompt
-    render_positive_prob: float = 0.4  # a render shows its own prompt's spec, else an edited spec
-    distractor_prob: float = 0.3  # a render gets one or two extra objects (where they fit)
-    morph_prob: float = 0.5  # a render draws its objects as morphed shapes (rounded squares, square-ish circles,
+    pool_val_fraction: UnitFloat = 0.1  # part of the pool kept out of training, to watch overfitting in the log
+    generator_fraction: UnitFloat = 0.5  # fraction of candidate pairs whose image comes from the pool
+    own_prompt_prob: UnitFloat = 0.5  # a pool image is shown with its own prompt, else with a related train prompt
+    render_positive_prob: UnitFloat = 0.4  # a render shows its own prompt's spec, else an edited spec
+    distractor_prob: UnitFloat = 0.3  # a render gets one or two extra objects (where they fit)
+    morph_prob: UnitFloat = 0.5  # a render draws its objects as morphed shapes (rounded squares, square-ish circles,
     #                          blunt triangles, fat stars...: the verifier's shape boundaries, where generators err)
-    flip_prob: float = 0.5  # horizontal flip, 'left of' <-> 'right of' in the prompt
-    shift_prob: float = 0.3  # translate by up to max_shift pixels (black fill)
-    max_shift: int = 3
-    blur_prob: float = 0.4
-    max_blur: float = 0.8  # Gaussian sigma in pixels
-    noise_prob: float = 0.4
-    max_noise: float = 0.04  # noise std as a fraction of 255
-    aux_weight: float = 0.5  # weight of the dense auxiliary loss: the verifier's detections per position
-    log_every: int = 50
-    checkpoint_every: int = 400  # also written at the end
-    max_minutes: float = 0.0  # time budget of the training loop: the schedule runs on max(step, time) progress
+    flip_prob: UnitFloat = 0.5  # horizontal flip, 'left of' <-> 'right of' in the prompt
+    shift_prob: UnitFloat = 0.3  # translate by up to max_shift pixels (black fill)
+    max_shift: NonNegativeInt = 3
+    blur_prob: UnitFloat = 0.4
+    max_blur: NonNegativeFloat = 0.8  # Gaussian sigma in pixels
+    noise_prob: UnitFloat = 0.4
+    max_noise: NonNegativeFloat = 0.04  # noise std as a fraction of 255
+    aux_weight: NonNegativeFloat = 0.5  # weight of the dense auxiliary loss: the verifier's detections per position
+    log_every: PositiveInt = 50
+    checkpoint_every: PositiveInt = 400  # also written at the end
+    max_minutes: NonNegativeFloat = 0.0  # time budget of the training loop: the schedule runs on max(step, time)
+    # progress
     #                           and ends (the model written) when either is used up; 0 = steps only
-    agreement_per_category: int = 50  # held-out agreement at the end (per category and source); 0 = skip
+    agreement_per_category: NonNegativeInt = 50  # held-out agreement at the end (per category and source); 0 = skip
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 2 or self.batch_size % 2:

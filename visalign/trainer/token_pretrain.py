@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import numpy as np
 
-from ..config import ConfigError
+from ..config import ConfigError, DecayFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
 from ..images import images_to_tensor
 from ..world import plan as plan_lang
 from ..world import render
@@ -33,21 +33,24 @@ SAVE_DTYPES = {"float16": torch.float16, "float32": None}
 
 @dataclass(frozen=True)
 class TokenPretrainConfig:
-    steps: int = 3000  # optimizer steps
-    batch_size: int = 64  # fresh renders per step
-    lr: float = 2e-3  # peak AdamW learning rate
-    warmup_steps: int = 100
+    steps: PositiveInt = 3000  # optimizer steps
+    batch_size: PositiveInt = 64  # fresh renders per step
+    lr: PositiveFloat = 2e-3  # peak AdamW learning rate
+    warmup_steps: NonNegativeInt = 100
     lr_schedule: str = "cosine"  # cosine (to 0 at the end) | constant
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    cfg_dropout: float = 0.1  # ar: fraction of prompts replaced by the empty prompt (CFG)
-    plan_dropout: float = 0.5  # ar: fraction of sequences with the empty plan (the model then draws with or without)
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
-    max_minutes: float = 0.0  # a wall-time budget: the schedule runs to max(step share, time share); 0 = steps only
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat = 1.0
+    cfg_dropout: DecayFloat = 0.1  # ar: fraction of prompts replaced by the empty prompt (CFG)
+    plan_dropout: UnitFloat = 0.5  # ar: fraction of sequences with the empty plan (the model then draws with or
+    # without)
+    seed: NonNegativeInt = 0
+    log_every: PositiveInt = 50
+    checkpoint_every: PositiveInt = 500
+    max_minutes: NonNegativeFloat = 0.0  # a wall-time budget: the schedule runs to max(step share, time share); 0 =
+    # steps only
     device: str = "cpu"  # cpu | cuda
-    workers: int = 0  # processes rendering batches (0: render in the training process); each has its own seed
+    workers: NonNegativeInt = 0  # processes rendering batches (0: render in the training process); each has its own
+    # seed
     save_dtype: str = "float16"  # float16 (the bundle) | float32
 
     def __post_init__(self):
@@ -271,7 +274,7 @@ def run_recipe(data: dict, out: str | Path, log=print):
 
 
 def _model_config(cls, d: dict):
-    try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from None
+    """The recipe's model: section as `cls`, every key and type checked as the recipe's own fields are."""
+    from ..config import build
+
+    return build(cls, d, "model")

@@ -10,6 +10,7 @@ minibatch k always holds the global samples j with j mod M == k, so N processes 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -24,20 +25,33 @@ from .. import monitor
 from ..algorithms import load_algorithm
 from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
-from ..evaluate import diversity, evaluate, evaluate_reward, reward_scores
+from ..evaluate import diversity, eval_items, evaluate, evaluate_reward, reward_scores
 from ..images import save_grid
 from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
 from ..policies import make_policy, policy_class
 from ..prompts import PromptSet, load_prompt_set
 from ..rewards import load_reward, load_reward_spec
+from ..runfolder import RunLock
 from . import diagnostics
-from .checkpoint import EMA_PREFIX, ResumeError, atomic_write_text, ema_weights, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    EMA_PREFIX,
+    ResumeError,
+    atomic_write_text,
+    ema_weights,
+    find_checkpoint,
+    has_checkpoint,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from .ema import EMAWeights
 from .logging import MetricsLog, Stopwatch
+from .memory import enable_gradient_checkpointing, make_optimizer
 
 # Recipe keys that may change when a run is resumed (they do not change what was computed so far).
-RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every")
+RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every", "train.report_to",
+                     "train.gradient_checkpointing", "train.keep_checkpoints", "train.fsdp")
 
 
 class TrainingStopped(RuntimeError):
@@ -59,6 +73,46 @@ class InstrumentedAdapter:
 
     def __getattr__(self, name):
         return getattr(self._adapter, name)
+
+
+def _fp32(out):
+    """A network output (a tensor, or a tuple whose first item is one: logits and a cache) with its tensor in fp32."""
+    if isinstance(out, tuple):
+        return (_fp32(out[0]), *out[1:])
+    return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+
+class AutocastAdapter:
+    """A model adapter whose network forwards run under `autocast` (the run's mixed precision, from
+    distributed.py) and return fp32 outputs: only the network computes in bf16/fp16, the step math and the
+    log-probs after it stay fp32. Rollouts, updates and evaluation all call the network through one."""
+
+    def __init__(self, adapter, autocast):
+        self._adapter, self._autocast = adapter, autocast
+
+    def predict(self, *a, **k):
+        with self._autocast():
+            return _fp32(self._adapter.predict(*a, **k))
+
+    def __getattr__(self, name):
+        return getattr(self._adapter, name)
+
+
+class ShardedGenerator:
+    """A generator (generate(prompts, seeds) -> uint8 images [N, H, W, 3]) run by every process together: each
+    generates its contiguous part of the items (padded to equal parts, so all run as many network forwards, which
+    FSDP needs) and every process gets all images, in order."""
+
+    def __init__(self, generator, dist: Distributed):
+        self.generator, self.dist = generator, dist
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        n, w = len(prompts), self.dist.world_size
+        pad = -n % w
+        prompts, seeds = list(prompts) + [prompts[-1]] * pad, list(seeds) + [seeds[-1]] * pad
+        part = self.dist.shard(n + pad)
+        images = self.generator.generate(prompts[part], seeds[part])
+        return self.dist.gather(torch.from_numpy(images)).numpy()[:n]
 
 
 class Reference:
@@ -171,8 +225,33 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C stopped the run; message is one line naming the iteration and the checkpoint to resume from.
+    resumable: whether a checkpoint was written (else the run starts again without --resume)."""
+
+    def __init__(self, message: str, resumable: bool = False):
+        super().__init__(message)
+        self.resumable = resumable
+
+
+def _unlocks_on_error(init):
+    """A constructor that raises frees the run folder it locked at once (a caller may retry in this process),
+    rather than when the half-built trainer is collected."""
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            self.release_run()
+            raise
+
+    return wrapped
+
+
 class Trainer:
-    def __init__(self, recipe: TrainRecipe, resolved: dict, run: str | Path, resume: bool = False,
+    @_unlocks_on_error
+    def __init__(self, recipe: TrainRecipe, resolved: dict, run: str | Path, resume: bool | str | Path = False,
                  dist: Distributed | None = None, log=print, progress: bool = True):
         self.recipe, self.resolved, self.run = recipe, resolved, Path(run)
         self.cfg = cfg = recipe.train
@@ -186,19 +265,29 @@ class Trainer:
                 f"train.batch_size={cfg.batch_size} over {self.dist.world_size} processes x train.minibatches="
                 f"{cfg.minibatches} does not split evenly; accepted: batch_size a multiple of processes x minibatches"
             )
-        if not resume and (self.run / "checkpoints" / "latest").exists():
+        self.run_lock = self._take_run_folder(resume)  # before anything reads or writes the folder
+        if not resume and has_checkpoint(self.run):
             raise ResumeError(f"{self.run} already holds a run; pass --resume to continue it, or choose another --out")
 
+        # the engine (accelerate): device, mixed precision, FSDP; DeepSpeed, a bad precision refused before loading
+        self.dist.configure(cfg.mixed_precision, cfg.fsdp)
+        if self.dist.fsdp and cfg.optimizer != "adamw":
+            raise ValueError(f"train.optimizer={cfg.optimizer} does not run on FSDP's sharded parameters; accepted "
+                             f"with FSDP: adamw")
         torch.manual_seed(cfg.seed)
-        adapter = load_model(recipe.model)
+        from ..models.registry import with_options  # the recipe's model_options, as reward_options are the reward's
+
+        adapter = load_model(with_options(recipe.model, recipe.model_options))
         if not hasattr(adapter, "module"):
             raise ValueError(f"model '{recipe.model}' is not trainable (it has no network); choose a model adapter")
         if hasattr(adapter, "to"):  # adapters with frozen parts (text encoders, VAE) move them too
             adapter.to(self.dist.device)
         self.adapter = adapter
         self.module = adapter.module.to(self.dist.device)
+        if cfg.gradient_checkpointing:  # before LoRA and compile wrap the network; the backbone's own checkpointing
+            enable_gradient_checkpointing(adapter, recipe.model)
         self.sampling = build(policy_class(adapter).Sampling, recipe.sampling, "sampling")
-        self.instrumented = InstrumentedAdapter(adapter, self.sw)
+        self.instrumented = InstrumentedAdapter(AutocastAdapter(adapter, self.dist.autocast), self.sw)
         self.policy = make_policy(self.instrumented, self.sampling)
         self.reward = load_reward(recipe.reward, **recipe.reward_options)
         if hasattr(self.reward, "to"):  # learned rewards run where the policy does
@@ -216,7 +305,17 @@ class Trainer:
             if self.algorithm.uses_reference:
                 ref_adapter = copy.deepcopy(adapter)
                 ref_adapter.module.requires_grad_(False)
-                self.ref_policy = make_policy(InstrumentedAdapter(ref_adapter, self.sw, self.instrumented), self.sampling)
+                ref = AutocastAdapter(ref_adapter, self.dist.autocast)
+                self.ref_policy = make_policy(InstrumentedAdapter(ref, self.sw, self.instrumented), self.sampling)
+        # FSDP (distributed.py): shard the network per block, and the reference copy too; the Parameters change
+        methods = tuple(getattr(adapter, "network_methods", ()))  # the module's methods the adapter calls
+        self.params = self.dist.shard_network(self.module, self.params, methods)
+        if self.ref_policy is not None:
+            self.dist.shard_network(ref_adapter.module, [], methods)
+        if self.dist.fsdp:
+            held, total = self.dist.held_elements(self.params)
+            self.log(f"FSDP over {self.dist.world_size} processes: the main process holds {held:,} of the "
+                     f"{total:,} trained parameter elements")
         if cfg.compile:  # in place (nn.Module.compile): parameters and state_dict keys stay as they are
             backends = [b for b in torch._dynamo.list_backends(exclude_tags=()) if not b.endswith("TESTING_ONLY")]
             if cfg.compile_backend not in backends:
@@ -225,7 +324,7 @@ class Trainer:
             for net in [self.module] + ([ref_adapter.module] if self.ref_policy else []):
                 net.compile(backend=cfg.compile_backend, dynamic=False)
         self.reference = Reference(self.policy, self.module, self.ref_policy)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.params, cfg)  # train.optimizer: adamw | adamw8bit
         decay = self.algorithm.old_ema
         self.old = EMAWeights(self.params, decay) if decay is not None else None  # the algorithm's old model
         # the averaged weights evaluation and export use: RL steps are noisy, their average is less so
@@ -237,13 +336,33 @@ class Trainer:
         self.diag_cos: list[float] = []  # half-split gradient cosines measured so far
 
         if resume:
-            self._restore()
+            self._restore(resume)
         elif self.dist.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
         if self.dist.is_main:
             atomic_write_text(self.run / "recipe.json", json.dumps(resolved, indent=2))
-        self.metrics = MetricsLog(self.run, enabled=self.dist.is_main, resume_iteration=self.iteration if resume else None)
+        self.metrics = MetricsLog(self.run, enabled=self.dist.is_main, resume_iteration=self.iteration if resume else None,
+                                  report_to=cfg.report_to, recipe=resolved)
+
+    def _take_run_folder(self, resume) -> RunLock | None:
+        """The main process locks the run folder for the run's lifetime (a second trainer on it is refused in
+        one line) and removes what a killed run left half written. A folder to resume must exist already
+        (_restore says so); other ranks write nothing there."""
+        if not self.dist.is_main or (resume and not self.run.is_dir()):
+            return None
+        self.run.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.run)
+        removed = remove_stale_temps(self.run)
+        if removed:
+            self.log(f"note: removed what a stopped run left half written in {self.run}: {', '.join(removed)}")
+        return lock
+
+    def release_run(self) -> None:
+        """Unlock the run folder (train() does it when it ends, however it ends)."""
+        lock = getattr(self, "run_lock", None)
+        if lock is not None:
+            lock.release()
 
     def _judges(self, recipe) -> dict:
         """The rewards that judge held-out samples beside the training reward: the recipe's eval.judges (each
@@ -347,20 +466,24 @@ class Trainer:
                     loss, m = algo.step_loss(self.policy, part, adv[rows], chunk, ref,
                                              old=self.old.swapped if self.old else None)
                     with self.sw("model"):
-                        (loss * weight).backward()
+                        self.dist.backward(loss * weight)  # fp16: scaled
                     total += loss.item() * weight
                     for key, v in m.items():
                         stats.setdefault(key, []).append(v)
-                self.dist.average_gradients(self.params)
-                gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-                ok = torch.tensor(float(math.isfinite(total) and bool(torch.isfinite(gnorm))))
-                if self.dist.all_reduce_mean(ok).item() < 1:  # every rank skips together
+                # the model ran many times outside any DDP wrapper: sync once, now (distributed.py says why)
+                self.dist.reduce_gradients(self.params)
+                gnorm = self.dist.clip_grad_norm_(self.optimizer, self.params, cfg.grad_clip)  # fp16: unscaled first
+                finite = torch.tensor([float(math.isfinite(total)), float(bool(torch.isfinite(gnorm)))])  # [2]
+                loss_ok, grad_ok = (self.dist.all_reduce_mean(finite) == 1).tolist()  # every rank decides together
+                if not loss_ok or not (grad_ok or self.dist.scales_loss):  # fp16 overflow: the scaler's to skip
                     self.optimizer.zero_grad(set_to_none=True)
                     self._bad(f"iteration {it}: non-finite loss or gradient ({total}); update skipped")
                     continue
                 for g in self.optimizer.param_groups:
                     g["lr"] = cfg.lr * lr_factor(it, cfg)
-                self.optimizer.step()
+                if not self.dist.step(self.optimizer):  # fp16: inf gradients, the scaler lowered its scale
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
                 for average in (self.old, self.ema):
                     if average is not None:
                         average.update()
@@ -383,10 +506,14 @@ class Trainer:
                 chunk = steps[j : j + c]
                 yield rows, chunk, len(rows) / n * len(chunk) / len(steps)
 
-    def window_grads(self, traj, advantages, windows: list[list[int]], weight: float) -> list[torch.Tensor]:
+    def window_grads(self, traj, advantages, windows: list[list[int]], weight: float,
+                     spare=None) -> list[torch.Tensor]:
         """The flat gradient of the algorithm's reward-driven loss (Algorithm.signal_loss) on `traj`, one per
-        window of steps (they sum to the gradient over all those steps), times `weight`, summed over ranks."""
+        window of steps (they sum to the gradient over all those steps), times `weight`, summed over ranks.
+        spare: samples of this process for FSDP's zero-weight passes (idle_pass) when `traj` may be empty."""
         algo, n_steps, out = self.algorithm, sum(len(w) for w in windows), []
+        micro = -(-len(traj) // (self.cfg.micro_batch or len(traj))) if len(traj) else 0  # micro-batches per window
+        extra = self.dist.lockstep(micro) - micro  # FSDP: as many forwards as the process with the most samples
         for window in windows:
             self.optimizer.zero_grad(set_to_none=True)
             for rows, chunk, w in self.pieces(len(traj), window) if len(traj) else []:
@@ -395,10 +522,24 @@ class Trainer:
                                         old=self.old.swapped if self.old else None)
                 with self.sw("model"):
                     (loss * weight * w * len(window) / n_steps).backward()
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in self.params])
-            out.append(self.dist.all_reduce_mean(flat) * self.dist.world_size)
+            for _ in range(extra):
+                self.idle_pass(spare if spare is not None else traj, window)
+            out.append(self.dist.summed_gradient(self.params))
         self.optimizer.zero_grad(set_to_none=True)
         return out
+
+    def idle_pass(self, traj, window: list[int]) -> None:
+        """One micro-batch's forwards and backwards over `window` with zero weight (one sample, or one group for
+        algorithms that pair a group's samples): under FSDP a process with fewer samples runs them to stay in
+        step with the others; the gradient is unchanged, and so is the run's NFE (as without FSDP)."""
+        n = self.cfg.group_size if self.algorithm.keeps_groups else 1
+        part, adv = traj.select(torch.arange(n)), torch.zeros(n, device=self.dist.device)
+        nfe = self.instrumented.nfe
+        for _, chunk, _ in self.pieces(n, window):
+            loss = self.algorithm.signal_loss(self.policy, part, adv, chunk, old=self.old.swapped if self.old else None)
+            with self.sw("model"):
+                (loss * 0.0).backward()
+        self.instrumented.nfe = nfe
 
     def diagnose(self, it: int, traj, rewards_all, adv_all, local, warn: bool = True) -> dict:
         """Signal share of this update: the cosine between the gradients of the even and the odd groups
@@ -416,7 +557,7 @@ class Trainer:
         for h in (0, 1):
             idx = torch.nonzero(group % 2 == h).flatten()
             n_half = g * len(range(h, n_groups, 2))
-            halves.append(self.window_grads(traj.select(idx), adv[idx], windows, len(idx) / n_half))
+            halves.append(self.window_grads(traj.select(idx), adv[idx], windows, len(idx) / n_half, spare=traj))
         for i, (a, b) in enumerate(zip(*halves)):
             rec[f"diag_cos_{diagnostics.window_name(i, len(windows))}"] = diagnostics.cosine(a, b)
         cos = diagnostics.cosine(sum(halves[0]), sum(halves[1]))
@@ -490,13 +631,17 @@ class Trainer:
         return "GenEval-S" if self.prompt_set.verifier else f"mean {self.recipe.reward} reward"
 
     def evaluate(self, it: int) -> dict:
-        """Held-out prompts with the deterministic sampler, on the main process; others wait. GenEval-S is
-        scored by its verifier, other prompt sets by the run's reward (eval_overall is then its mean)."""
+        """Held-out prompts with the deterministic sampler: every process generates its part of the images (FSDP
+        needs all in every forward), the main process scores them. GenEval-S is scored by its verifier, other
+        prompt sets by the run's reward (eval_overall is then its mean)."""
         out = {}
-        if self.dist.is_main:
-            with self.sw("eval"), torch.no_grad(), self.ema.swapped() if self.ema else nullcontext():
-                gen = PolicyGenerator(self.adapter, self.recipe.eval.steps, self.recipe.eval.guidance,
-                                      validate=self.prompt_set.verifier)
+        with self.sw("eval"), torch.no_grad(), self.ema.swapped() if self.ema else nullcontext():
+            net = AutocastAdapter(self.adapter, self.dist.autocast)  # the run's mixed precision
+            gen = ShardedGenerator(PolicyGenerator(net, self.recipe.eval.steps, self.recipe.eval.guidance,
+                                                   validate=self.prompt_set.verifier), self.dist)
+            if not self.dist.is_main:  # generate the same items as the main process's evaluate() below
+                gen.generate(*self._eval_prompts())
+            else:
                 if self.prompt_set.verifier:
                     res = evaluate(gen, self.cfg.eval_per_category, self.cfg.eval_seed, return_images=True)
                 else:
@@ -504,6 +649,7 @@ class Trainer:
                                           self.cfg.eval_seed)
                 self._save_samples(it, res)
                 series = self.judge(res)
+        if self.dist.is_main:
             out = {"eval_overall": res["overall"], "eval_categories": res["categories"],
                    "eval_diversity": diversity(res["images"], res["prompts"]),
                    "eval_reward": float(series["reward"].mean())}
@@ -518,6 +664,13 @@ class Trainer:
                 self.log(f"iteration {it}: warning: {warning}")
         self.dist.barrier()
         return out
+
+    def _eval_prompts(self) -> tuple[list[str], list[int]]:
+        """The prompts and seeds evaluate() (GenEval-S) or evaluate_reward() (other sets) generates."""
+        k, seed = self.cfg.eval_per_category, self.cfg.eval_seed
+        items = eval_items(k, seed) if self.prompt_set.verifier else self.prompt_set.eval_items(k, seed)
+        _, prompts, seeds = zip(*items)
+        return list(prompts), list(seeds)
 
     def judge(self, res: dict) -> dict[str, np.ndarray]:
         """Per-image scores [N] of the evaluated images: the training reward, the prompt set's own readings
@@ -550,13 +703,34 @@ class Trainer:
         at every evaluation)."""
         k = self.cfg.eval_per_category
         pick = [c * k + i for c in range(len(res["categories"])) for i in range(min(8, k))]
-        save_grid(res["images"][pick], self.run / "samples" / f"iter-{it:06d}.png", cols=min(8, k))
+        grid = self.run / "samples" / f"iter-{it:06d}.png"
+        save_grid(res["images"][pick], grid, cols=min(8, k))
+        self.metrics.log_image("eval_samples", grid, it)  # the trackers' image slider: before (0) -> after
         if it == 0 or not (self.run / "samples" / "prompts.json").exists():
             atomic_write_text(self.run / "samples" / "prompts.json", json.dumps([res["prompts"][i] for i in pick]))
 
     # --------------------------------------------------------------------------------------- the loop
 
     def train(self) -> list[dict]:
+        """Train to train.iterations (or the budget) -> the metrics records. Ctrl-C ends it as TrainingInterrupted,
+        naming where it stopped and the checkpoint it resumes from; the run folder is unlocked however it ends."""
+        try:
+            return self._train()
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+        finally:
+            self.release_run()
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """Where a Ctrl-C left the run: the iteration it was in and the checkpoint --resume goes on from."""
+        try:
+            ck = find_checkpoint(self.run)[0].name
+        except ResumeError:  # none written yet: the run starts again from the beginning
+            return TrainingInterrupted(f"interrupted at iteration {self.iteration + 1}, before the first checkpoint")
+        return TrainingInterrupted(f"interrupted at iteration {self.iteration + 1}; the last checkpoint is {ck}",
+                                   resumable=True)
+
+    def _train(self) -> list[dict]:
         cfg = self.cfg
         records = []
         if self.iteration == 0:
@@ -635,13 +809,17 @@ class Trainer:
     # ------------------------------------------------------------------------------- checkpoint/resume
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return lora.lora_state_dict(self.module) if self.cfg.finetune == "lora" else self.module.state_dict()
+        """The trained weights, whole, on the main process ({} on the others; every process calls: FSDP gathers)."""
+        if self.cfg.finetune == "lora":
+            return lora.lora_state_dict(self.module, self.dist.full_state(lora.lora_tensors(self.module)))
+        return self.dist.full_state(self.module.state_dict())
 
     def load_trainable_state(self, weights: dict[str, torch.Tensor]) -> None:
+        """trainable_state()'s weights (whole, on every process) into the network (FSDP: each process's part)."""
         if self.cfg.finetune == "lora":
-            lora.load_lora_state_dict(self.module, weights)
+            lora.load_lora_state_dict(self.module, weights, place=self.dist.local_state)
         else:
-            self.module.load_state_dict(weights)
+            self.module.load_state_dict(self.dist.local_state(weights, self.module.state_dict()))
 
     def ema_state(self) -> dict[str, torch.Tensor]:
         """trainable_state() with the EMA weights in place: saved under these names, so export reads them as
@@ -650,17 +828,25 @@ class Trainer:
             return {f"{EMA_PREFIX}{k}": v.detach().clone() for k, v in self.trainable_state().items()}
 
     def save(self) -> None:
+        """A checkpoint of the run: every process gathers (FSDP's shards), the main process writes."""
+        weights, optimizer = self.trainable_state(), self.dist.full_optimizer_state(self.optimizer)
+        extra = {**(self.dist.full_state(self.old.state_dict()) if self.old else {}),
+                 **(self.ema_state() if self.ema else {})}
         if self.dist.is_main:
             state = {"nfe": self.nfe, "wall_s": self.wall, "bad_updates": self.bad_updates, "diag_cos": self.diag_cos,
                      "algorithm": self.algorithm.state_dict(), "recipe": self.resolved}
             state["prompt_sampler"] = self.prompts.state_dict()
-            extra = {**(self.old.state_dict() if self.old else {}), **(self.ema_state() if self.ema else {})}
-            save_checkpoint(self.run, self.iteration, self.trainable_state(), self.optimizer.state_dict(), state,
+            save_checkpoint(self.run, self.iteration, weights, optimizer, state, keep=self.cfg.keep_checkpoints,
                             extra=extra or None)
         self.dist.barrier()
 
-    def _restore(self) -> None:
-        weights, opt_state, state = load_checkpoint(self.run)
+    def _restore(self, resume: bool | str | Path = True) -> None:
+        """resume: True (or "latest") for the run's newest complete checkpoint, or a checkpoint folder of the run
+        (its name, iter-NNNNNN, or its path): the run continues from there, as if it had stopped there."""
+        ck, note = find_checkpoint(self.run, None if resume is True else resume)
+        if note:  # `latest` was lost to a crash: say which checkpoint the run goes on from
+            self.log(f"note: {note}")
+        weights, opt_state, state = load_checkpoint(self.run, ck)
         before, now = _flatten(state["recipe"]), _flatten(json.loads(json.dumps(self.resolved)))  # tuples -> lists
         # a train.* or eval.* setting added after the run was made is no change at its default
         default = _flatten(json.loads(json.dumps({"train": asdict(TrainConfig()), "eval": asdict(EvalConfig())})))
@@ -675,11 +861,11 @@ class Trainer:
             self.load_trainable_state(ema_weights(state["extra"]))
             self.ema = EMAWeights(self.params, self.cfg.ema_decay)
         self.load_trainable_state(weights)
-        self.optimizer.load_state_dict(opt_state)
+        self.dist.load_optimizer_state(self.optimizer, opt_state)
         self.algorithm.load_state_dict(state["algorithm"])
         self.prompts.load_state_dict(state.get("prompt_sampler", {}))
         if self.old is not None:
-            self.old.load_state_dict(state["extra"])
+            self.old.load_state_dict(self.dist.local_state(state["extra"], self.old.state_dict()))
         self.iteration, self.nfe = state["iteration"], state["nfe"]
         self.wall, self.bad_updates = state["wall_s"], state["bad_updates"]
         self.diag_cos = list(state.get("diag_cos", []))
@@ -688,4 +874,6 @@ class Trainer:
                 f"cannot resume {self.run}: it already ran {self.iteration} of train.iterations={self.cfg.iterations}; "
                 f"raise train.iterations to continue"
             )
+        if self.dist.is_main:  # `latest` names where the run now goes on from (a lost pointer is repaired)
+            atomic_write_text(ck.parent / "latest", ck.name + "\n")
 
