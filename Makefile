@@ -1,4 +1,5 @@
-# `make demo`: set up (venv + install) and run the main job. `make test`: set up and run the tests.
+# `make demo`: set up (venv + install) and run the main job. `make test`: set up and run the tests (`make test-fast`:
+# the unit and policy tests only, under 3 minutes).
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch; an unpinned torch would pull several GB of CUDA wheels.
 TORCH   := torch==2.13.0
 
-.PHONY: demo test install clean pretrain tesseract
+.PHONY: demo test test-fast install clean pretrain tesseract docs
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -35,8 +36,21 @@ TEST_WORKERS ?= 2
 test: $(STAMP) tesseract
 	$(BIN)/python -m pytest tests -n $(TEST_WORKERS)
 
+# The fast tier (under 3 minutes on 2 cores): unit tests and policy invariants, without the integration tests
+# (commands, training runs) and the slow ones; markers from tests/conftest.py.
+test-fast: $(STAMP) tesseract
+	$(BIN)/python -m pytest tests -m "not integration and not slow" -n $(TEST_WORKERS)
+
 pretrain: $(STAMP)
 	$(BIN)/visalign pretrain shapes-flow-pretrain --out runs/pretrain-shapes-flow
 
+# The documentation site (mkdocs.yml): the reference pages regenerated from the code, then `mkdocs build --strict`
+# into site/. mkdocs-material comes from the `docs` extra of pyproject.toml, installed into the venv when missing
+# (make test does not need it).
+docs: $(STAMP)
+	$(BIN)/python -c "import material, mkdocs" 2>/dev/null || $(BIN)/pip install -q -e '.[docs]'
+	$(BIN)/python docs/gen_reference.py
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -39,7 +39,8 @@ def main() -> int:
     from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
     dlogging.set_verbosity_error()
-    PartialState()  # DDPOTrainer on CPU needs an initialised accelerate state (DESIGN 7)
+    # DDPOTrainer on CPU needs an initialised accelerate state (docs/architecture.md#facts-the-testbed-relies-on)
+    PartialState()
 
     rank, alpha = cfg["lora_rank"], cfg["lora_alpha"]
 

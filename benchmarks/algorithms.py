@@ -1,4 +1,4 @@
-"""Issue 6's comparisons, each one `visalign compare` command (written to docs/ as a table with the command):
+"""Issue 6's comparisons, each one `visalign compare` command (written to docs/results/ as a table with the command):
 
   main   every algorithm family on the bundled flow model with the same training wall budget per algorithm:
          does GRPO beat DDPO per sample? Is NFT more efficient than GRPO? Does KL limit the diversity loss?
@@ -46,7 +46,7 @@ HELD_IN = "single_object,counting,colors"
 SAME = ["train.finetune=full", "train.lr=3e-5", "train.batch_size=128", "train.minibatches=2"]
 # diffusion_dpo's pairs in each-flow: 2,000 train prompts x 4 samples (1,539 pairs; 100 iterations x 32 pairs
 # see each about twice): +0.047. On compare's default 400 prompts (312 pairs, each seen ~10 times) colours drift
-# 0.94 -> 0.62 and it ends at +0.023 (docs/algorithms-each-flow.md).
+# 0.94 -> 0.62 and it ends at +0.023 (docs/results/algorithms-each-flow.md).
 PAIR_PROMPTS = 2000
 EACH = {"each-ar": (["grpo", "ddpo", "dpok", "online_dpo", "rwr"], "builtin:shapes-ar"),
         "each-flow": (["nft", "diffusion_dpo", "refl", "draft", "alignprop"], "builtin:shapes-flow")}
@@ -67,7 +67,7 @@ def run(which: str, nfe: int, out: Path) -> None:
         cmd = (f"python benchmarks/algorithms.py {name} --nfe {nfe}   # = visalign compare "
                f"{' '.join(algos)} --budget-nfe {nfe} --prompts {prompts} --evals 3"
                + "".join(f" --set {kv}" for kv in sets))
-        doc = write_doc(Path("docs") / f"algorithms-{name}.md", f"visalign compare: {name}", cmd, res, minutes)
+        doc = write_doc(Path("docs/results") / f"algorithms-{name}.md", f"visalign compare: {name}", cmd, res, minutes)
         print(res["table"])
         print(f"wrote {doc}")
 
@@ -90,7 +90,7 @@ def run_each(which: str, minutes: float, only: str | None, out: Path) -> None:
     how = (f"Runs made with {threads} torch thread(s) each" + (", two at a time on the 2-core machine (--only ALGO "
            "in two processes; this command then read the finished runs back)" if threads == 1 else "")
            + "; 'wall min' is each run's training time.")
-    doc = Path("docs") / f"algorithms-{which}.md"
+    doc = Path("docs/results") / f"algorithms-{which}.md"
     atomic_write_text(doc, f"# Each algorithm on {model}\n\n`{cmd}`\n\n{res['header']}. {how}\n\n{res['table']}\n")
     print(res["table"])
     print(f"wrote {doc}")

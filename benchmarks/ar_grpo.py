@@ -9,7 +9,7 @@ wall-minute budget (issue 7's bar: +0.3 within 15 minutes on 2 cores). Each vari
 
 NFE here is what the trainer counts for every family: rows through the network per forward call, so one
 sampled token of B samples with CFG is 2B, and a teacher-forced scoring pass of B sequences is B (2B with CFG).
-Writes docs/ar-grpo-<variant>.md. Threads: torch's default (every core), or VISALIGN_THREADS (1 = one core per run).
+Writes docs/results/ar-grpo-<variant>.md. Threads: torch's default (every core), or VISALIGN_THREADS (1 = one core per run).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run(name: str, minutes: float, out: Path, note: str = "") -> None:
     sets = "".join(f" --set {o}" for o in overrides)
     cmd = (f"python benchmarks/ar_grpo.py {name} --minutes {minutes:g}   # = visalign compare {' '.join(algos)} "
            f"--model '{model}' --prompts {prompts} --budget-minutes {minutes:g} --evals 1{sets}")
-    doc = write_doc(Path("docs") / f"ar-grpo-{name}.md", f"AR-GRPO benchmark: {name}", cmd, res, total, note)
+    doc = write_doc(Path("docs/results") / f"ar-grpo-{name}.md", f"AR-GRPO benchmark: {name}", cmd, res, total, note)
     print(res["table"])
     print(f"wrote {doc}")
 

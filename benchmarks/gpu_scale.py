@@ -4,7 +4,7 @@ random weights (nothing is downloaded: an architecture is its config, and config
 and small random text encoders whose output widths match what each backbone expects (the text encoders are frozen
 in these recipes, so their size does not change what is measured on the backbone).
 
-    python benchmarks/gpu_scale.py [--models sd35-medium flux-dev sd15] [--doc docs/gpu-scale.md]   # on a GPU
+    python benchmarks/gpu_scale.py [--models sd35-medium flux-dev sd15] [--doc docs/results/gpu-scale.md]   # on a GPU
     python benchmarks/gpu_scale.py --tiny                     # the same code path at tiny size, on CPU (a test)
 
 Per model, a Flow-GRPO LoRA iteration (DDPO for SD1.5), the arm a user runs first, then the same with the

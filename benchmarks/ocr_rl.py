@@ -6,7 +6,7 @@ seeded token sampling without CFG for text-ar) at every evaluation, and base -> 
 the NFE and wall minutes where they were reached.
 
     python benchmarks/ocr_rl.py [--recipes text-ocr-grpo text-flow-ocr-grpo text-ocr-nft] [--minutes 20]
-                                [--out runs/ocr-rl] [--doc docs/ocr-rl-ar.md] [key=value ...]   (overrides: every recipe)
+                                [--out runs/ocr-rl] [--doc docs/results/ocr-rl-ar.md] [key=value ...]   (overrides: every recipe)
 
 Written to --doc (the command, the thread count, the table). Threads: VISALIGN_THREADS (default 1).
 """

@@ -5,7 +5,7 @@ memorised) and, for a LoRA run, the held-out score plain diffusers gives with th
 (`pipe.load_lora_weights`, benchmarks/plain_diffusers_eval.py) against the base pipeline in plain diffusers.
 
     python benchmarks/pipelines_rl.py [--arms sd3-grpo sd3-nft sd15-ddpo sd15-dpok] [--seeds 0 1]
-        [--out runs/pipelines-rl] [--doc docs/pipelines-rl.md] [--no-plain]
+        [--out runs/pipelines-rl] [--doc docs/results/pipelines-rl.md] [--no-plain]
 
 Arms: the recipes geneval-s-<arm>; ARM:S,S runs that arm on those seeds instead of --seeds (sd3-nft:0). A finished run (OUT/<arm>-s<seed> with its report.html) is read back, not
 trained again, so arms can be run one command at a time (or two at once with VISALIGN_THREADS=1, one core each)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), help=f"of {', '.join(ARMS)}, each optionally ARM:SEED,SEED")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", default="runs/pipelines-rl")
-    p.add_argument("--doc", default="docs/pipelines-rl.md")
+    p.add_argument("--doc", default="docs/results/pipelines-rl.md")
     p.add_argument("--no-plain", action="store_true", help="skip the plain-diffusers check of the LoRA exports")
     a = p.parse_args(argv)
     if "VISALIGN_THREADS" in os.environ:

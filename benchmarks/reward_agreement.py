@@ -1,5 +1,5 @@
 """Agreement of the learned GenEval-S reward (`geneval_s_learned`) with the verifier on HELD-OUT prompts,
-printed as a table and written to docs/geneval-s-reward-agreement.json:
+printed as a table and written to docs/results/geneval-s-reward-agreement.json:
   - each bundled generator's evaluation samples (`visalign eval`'s prompts, seeds and deterministic sampler,
     50 per category), labelled by the verifier;
   - renders of the same held-out items: the prompt's own scene, and a minimally edited scene (wrong colour,
@@ -7,7 +7,7 @@ printed as a table and written to docs/geneval-s-reward-agreement.json:
 Accuracy is at score 0.5; AUC is the ROC AUC of the score against the verifier's 0/1; pearson / spearman
 compare per-prompt means (per generator and prompt) of the score and of the verifier.
 
-    python benchmarks/reward_agreement.py [--path DIR] [--per-category 50] [--out docs/geneval-s-reward-agreement.json]
+    python benchmarks/reward_agreement.py [--path DIR] [--per-category 50] [--out docs/results/geneval-s-reward-agreement.json]
 
 Runs on 1 torch thread unless VISALIGN_THREADS says otherwise (about a minute).
 """
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--path", default=str(DEFAULT_DIR), help="reward model directory (default: the bundled one)")
     ap.add_argument("--per-category", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "geneval-s-reward-agreement.json"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "geneval-s-reward-agreement.json"))
     args = ap.parse_args(argv)
     path = Path(args.path)
     net = RewardNet.from_pretrained(path)

@@ -3,7 +3,7 @@ attackers are connected (idle connections, slowloris sending a byte at a time, d
 same run against one server process.
 
     python benchmarks/reward_server_load.py [--clients 50] [--requests 4] [--idle 10] [--slowloris 10]
-        [--bombs 5] [--out docs/reward-server-load.md]
+        [--bombs 5] [--out docs/results/reward-server-load.md]
 
 The server runs in a subprocess (`visalign serve-reward compressibility --timeout 2 --deadline 5`: a cheap
 reward, so the numbers measure the server; short limits, so the attackers are dropped within the run). Each

@@ -4,10 +4,13 @@ and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,7 +55,7 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     import numpy as np
 
-    from .evaluate import category_means, evaluate, evaluate_reward, format_table, reward_scores
+    from .evaluate import ProgressGenerator, category_means, evaluate, evaluate_reward, format_table, reward_scores
     from .models.registry import load_generator
     from .prompts import load_prompt_set
     from .rewards import load_reward_spec
@@ -63,7 +66,7 @@ def cmd_eval(args) -> None:
                          f"ocr for text)")
     # as the trainer's evaluation: a set's own prompts are held to the world grammar only where it has a verifier
     # (a diffusers model on `animals` must not be held to the shapes words)
-    gen = load_generator(args.model, validate=prompt_set.verifier)
+    gen = ProgressGenerator(load_generator(args.model, validate=prompt_set.verifier))  # a bar with ETA on a terminal
     split = "train" if args.split == "train" else "eval"
     start = time.time()
     judges = {spec: load_reward_spec(spec) for spec in args.judge}
@@ -94,8 +97,10 @@ def cmd_eval(args) -> None:
 def cmd_pretrain(args) -> None:
     from .config import ConfigError, PretrainRecipe, apply_overrides, build, load_recipe_dict
     from .models.builtin import ShapesModel, ShapesModelConfig
+    from .trainer.logging import ConsoleLog
     from .trainer.pretrain import pretrain
 
+    log = ConsoleLog()  # lines above a progress bar with ETA (on a terminal)
     data = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
     if data.get("kind") == "reward_pretrain":  # the learned GenEval-S reward, not a generator
         from .trainer.reward_pretrain import RewardPretrainRecipe, reward_pretrain
@@ -105,7 +110,7 @@ def cmd_pretrain(args) -> None:
         recipe = build(RewardPretrainRecipe, data)
         model_cfg = build(RewardNetConfig, recipe.model, "model")  # typed: an unknown or mistyped key is refused
         start = time.time()
-        reward_pretrain(model_cfg, recipe.train, args.out, log=lambda m: print(m, flush=True))
+        reward_pretrain(model_cfg, recipe.train, args.out, log=log)
         print(f"reward model trained in {(time.time() - start) / 60:.1f} min; written to {args.out}")
         return
     from .trainer import pipeline_pretrain, token_pretrain
@@ -114,7 +119,7 @@ def cmd_pretrain(args) -> None:
     for module in (token_pretrain, pipeline_pretrain):
         if data.get("kind") in module.KINDS:
             start = time.time()
-            module.run_recipe(data, args.out, log=lambda m: print(m, flush=True))
+            module.run_recipe(data, args.out, log=log)
             print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
             return
     if data.get("kind") != "pretrain":
@@ -135,7 +140,7 @@ def cmd_pretrain(args) -> None:
     # typed, not from_dict (which lets a saved config's unknown keys pass): model.foo=3 is refused, not dropped
     model_cfg = init.config if init is not None else build(ShapesModelConfig, recipe.model, "model")
     start = time.time()
-    pretrain(model_cfg, recipe.train, args.out, init=init)
+    pretrain(model_cfg, recipe.train, args.out, log=log, init=init)
     print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
 
 
@@ -144,9 +149,7 @@ def cmd_train(args) -> None:
     from .distributed import Distributed
     from .trainer.trainer import Trainer, TrainingInterrupted
 
-    resume = args.resume
-    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():  # `--resume k=v`: argparse took an
-        args.overrides, resume = [*args.overrides, resume], True  # override for the optional CHECKPOINT
+    resume = args.resume  # `--resume k=v` is an override, not a CHECKPOINT (parse_args)
     recipe, resolved = load_train_recipe(args.recipe, args.overrides)
     dist = Distributed()
     trainer = Trainer(recipe, resolved, args.out, resume=resume, dist=dist)
@@ -162,7 +165,8 @@ def cmd_train(args) -> None:
         from .report import write_report
         from .trainer.logging import read_metrics
 
-        evals = [r for r in read_metrics(Path(args.out)) if "eval_overall" in r]  # the base too, after a resume
+        # the whole run's evaluations (RUN/metrics.jsonl), not this process's: after a resume, from the base model's
+        evals = sorted((r for r in read_metrics(Path(args.out)) if "eval_overall" in r), key=lambda r: r["iteration"])
         if evals:
             print("\n".join(summary_lines(evals[0], evals[-1], trainer.eval_label)))
         print(f"report: {write_report(args.out)}")
@@ -182,23 +186,62 @@ def cmd_diagnose(args) -> None:
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         res = Trainer(recipe, resolved, tmp, dist=dist, progress=False).measure_signal(args.batches)
-    res["wall_s"] = round(time.time() - start, 2)
-    if dist.is_main:
-        print(f"{args.recipe}: {args.batches} independent batches of {recipe.train.batch_size} rollouts, "
-              f"lr={recipe.train.lr:g}")
-        for key, value in res.items():
-            if key != "warning":
-                print(f"  {key:<26} {value:.4g}" if isinstance(value, float) else f"  {key:<26} {value}")
-        share = res["signal_share"]
-        print(f"one update is {100 * max(share, 0):.0f}% signal; ~{res['batch_for_half_signal']:.0f} rollouts "
-              f"per update "
-              f"would make it 50%; the run's {res['optimizer_steps']} optimizer steps add up to "
-              f"{100 * res['run_signal_share']:.0f}% signal")
-        if res["warning"]:
-            print(res["warning"])
+    res["wall_s"] = time.time() - start
+    if dist.is_main:  # what it prints and what it writes: the same numbers, names and rounding
+        from .trainer.diagnostics import rounded, signal_summary
+
+        res = rounded(res)
+        print("\n".join(signal_summary(res, args.recipe, recipe.train.lr)))
         if args.out:
             atomic_write_bytes(Path(args.out), json.dumps(res, indent=2).encode())
     dist.shutdown()
+
+
+def resolved_recipe(name_or_path: str, overrides: list[str]) -> dict:
+    """A recipe with its overrides applied, built and checked as the command that runs it builds it -> the
+    resolved dict: for a train recipe what `train` writes as RUN/recipe.json (every default filled in); for a
+    pretraining recipe its kind and fields (model: as given; it is checked, and the model's own defaults apply)."""
+    import dataclasses
+
+    from .config import ConfigError, PretrainRecipe, apply_overrides, build, load_recipe_dict, load_train_recipe
+
+    data = apply_overrides(load_recipe_dict(name_or_path), overrides)
+    kind = data.pop("kind", "train")
+    if kind == "train":
+        return load_train_recipe(name_or_path, overrides)[1]
+    from .trainer import pipeline_pretrain, token_pretrain
+
+    if kind == "pretrain":
+        from .models.builtin import ShapesModelConfig
+
+        cls, model_cls = PretrainRecipe, ShapesModelConfig
+    elif kind == "reward_pretrain":
+        from .models.reward_net import RewardNetConfig
+        from .trainer.reward_pretrain import RewardPretrainRecipe
+
+        cls, model_cls = RewardPretrainRecipe, RewardNetConfig
+    elif kind in token_pretrain.KINDS:
+        from .models.ar import ARConfig
+        from .models.vq import VQConfig
+
+        cls, model_cls = token_pretrain.TokenPretrainRecipe, VQConfig if kind == "vq_pretrain" else ARConfig
+    elif kind in pipeline_pretrain.KINDS:
+        from .models import shapes_pipelines as sp
+
+        cls = pipeline_pretrain.PipelinePretrainRecipe
+        model_cls = {"vae_pretrain": sp.VAEConfig, "sd3_pretrain": sp.SD3Config, "sd15_pretrain": sp.SD15Config}[kind]
+    else:
+        raise ConfigError(f"recipe '{name_or_path}' has kind '{kind}'; accepted: train, pretrain, reward_pretrain, "
+                          f"{', '.join(token_pretrain.KINDS + pipeline_pretrain.KINDS)}")
+    recipe = build(cls, data)
+    build(model_cls, recipe.model, "model")  # typed: an unknown or mistyped model key is refused here too
+    return {"kind": kind, **dataclasses.asdict(recipe)}
+
+
+def cmd_config(args) -> None:
+    from .trainer.logging import recipe_yaml
+
+    print(recipe_yaml(resolved_recipe(args.recipe, args.overrides)), end="")
 
 
 def cmd_report(args) -> None:
@@ -239,18 +282,23 @@ def cmd_make_pairs(args) -> None:
     start = time.time()
     # as eval and the trainer: a set's prompts are held to the world grammar only where it has a verifier
     gen = load_generator(args.model, validate=prompt_set.verifier)
+    from .trainer.logging import ConsoleLog
+
     meta = make_pairs(gen, reward, prompts, args.per_prompt, args.seed, args.out,
-                      {"model": args.model, "reward": args.reward, "reward_options": options, "prompts": args.prompts})
+                      {"model": args.model, "reward": args.reward, "reward_options": options, "prompts": args.prompts},
+                      log=ConsoleLog())
     print(f"wrote {meta['pairs']} pairs from {len(prompts)} prompts x {args.per_prompt} samples to {args.out} "
           f"in {time.time() - start:.0f} s")
 
 
 def cmd_compare(args) -> None:
     from .compare import compare
+    from .trainer.logging import ConsoleLog
 
     res = compare(args.algorithms, budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, model=args.model,
                   prompts=args.prompts, out=args.out, evals=args.evals, per_category=args.per_category,
-                  seed=args.seed, overrides=args.set, recipe_budget=args.budget_recipe, pair_prompts=args.pair_prompts)
+                  seed=args.seed, overrides=args.set, recipe_budget=args.budget_recipe, pair_prompts=args.pair_prompts,
+                  log=ConsoleLog())
     print(res["header"])
     print(res["table"])
     print(f"wrote {Path(args.out) / 'compare.md'} and {Path(args.out) / 'compare.html'}")
@@ -268,13 +316,46 @@ def cmd_serve_reward(args) -> None:
     serve(args.name, args.port, options, args.host, args.device, limits, args.token)
 
 
+RECIPE_HELP = "a recipe name (visalign list), a YAML file, or a run's recipe.json (or its run folder) to run it again"
 MODEL_HELP = ("model spec; sampler options may follow it: builtin:shapes-flow?steps=10&guidance=4, "
               "builtin:shapes-ddpm?kind=ddim&eta=1&steps=10 (the stochastic sampler a DDPO run trains); "
               "diffusers:<path-or-hub-id> loads offline, diffusers:ID?local_files_only=false may download")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's refusals as the commands' own: one line, `visalign CMD: error: ...` (no usage block), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text
+
+
+def _device(text: str) -> str:
+    """--device: a torch device this machine has (cuda without a GPU would fail only once the reward moves)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a device; accepted: cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"'{text}': this machine has no CUDA device; accepted here: cpu")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="visalign", description="RL fine-tuning of visual generative models")
+    from typing import Annotated
+
+    from . import __version__
+    from .config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, arg_type
+
+    p = _Parser(prog="visalign", description="RL fine-tuning of visual generative models")
+    p.add_argument("--version", action="version", version=f"visalign {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="models, recipes").set_defaults(fn=cmd_list)
@@ -282,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample a grid of images")
     s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--prompt", required=True, action="append", help="repeat for several rows")
-    s.add_argument("--n", type=int, default=8, help="images per prompt")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=arg_type(PositiveInt), default=8, help="images per prompt")
+    s.add_argument("--seed", type=arg_type(NonNegativeInt), default=0)
     s.add_argument("--out", default="grid.png")
     s.set_defaults(fn=cmd_sample)
 
@@ -297,16 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "'ocr?psm=8&preprocess=otsu-crop'")
     e.add_argument("--judge", action="append", default=[], metavar="REWARD",
                    help="also score the same images by this reward, per category (repeatable): e.g. geneval_s_learned")
-    e.add_argument("--per-category", type=int, default=50)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--per-category", type=arg_type(PositiveInt), default=50)
+    e.add_argument("--seed", type=arg_type(NonNegativeInt), default=0)
     e.add_argument("--split", choices=("held-out", "train"), default="held-out",
                    help="the prompts: held-out (the benchmark) or train (how much of a gain is memorised)")
     e.add_argument("--out", default=None, help="eval.json")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("train", help="RL fine-tuning from a recipe")
-    r.add_argument("recipe")
-    r.add_argument("overrides", nargs="*", help="key=value, e.g. train.iterations=10 algorithm_options.kl_beta=0.01")
+    r.add_argument("recipe", help=RECIPE_HELP)
+    r.add_argument("overrides", nargs="*", help="key=value, anywhere on the line, e.g. train.iterations=10 "
+                   "algorithm_options.kl_beta=0.01")
     r.add_argument("--out", required=True, help="run folder")
     r.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue the run in --out from its newest complete checkpoint, or from CHECKPOINT, one of its "
@@ -315,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_train)
 
     d = sub.add_parser("diagnose", help="measure the gradient signal share of a training recipe before a long run")
-    d.add_argument("recipe")
-    d.add_argument("overrides", nargs="*", help="key=value, as for train")
-    d.add_argument("--batches", type=int, default=4, help="independent rollout batches to compare (>= 2)")
+    d.add_argument("recipe", help=RECIPE_HELP)
+    d.add_argument("overrides", nargs="*", help="key=value, anywhere on the line, as for train")
+    d.add_argument("--batches", type=arg_type(Annotated[int, Range(ge=2)]), default=4, help="independent rollout batches to compare (>= 2)")
     d.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     d.set_defaults(fn=cmd_diagnose)
 
@@ -338,67 +420,131 @@ def build_parser() -> argparse.ArgumentParser:
     mp = sub.add_parser("make-pairs", help="sample a preference-pairs dataset (for diffusion_dpo) ranked by a reward")
     mp.add_argument("--model", required=True, help=MODEL_HELP)
     mp.add_argument("--reward", default="geneval_s")
-    mp.add_argument("--reward-option", action="append", default=[], help="key=value, repeatable")
+    mp.add_argument("--reward-option", action="append", default=[],
+                    help="key=value, repeatable; or reward_options.KEY=VALUE anywhere on the line")
     mp.add_argument("--prompts", default="geneval-s", help="prompt set; its train prompts, categories in turn")
-    mp.add_argument("--n-prompts", type=int, default=200)
-    mp.add_argument("--per-prompt", type=int, default=4, help="samples per prompt; the i-th best vs the i-th worst")
-    mp.add_argument("--seed", type=int, default=0)
+    mp.add_argument("--n-prompts", type=arg_type(PositiveInt), default=200)
+    mp.add_argument("--per-prompt", type=arg_type(Annotated[int, Range(ge=2)]), default=4, help="samples per prompt; the i-th best vs the i-th worst")
+    mp.add_argument("--seed", type=arg_type(NonNegativeInt), default=0)
     mp.add_argument("--out", required=True, help="dataset folder (must not exist)")
     mp.set_defaults(fn=cmd_make_pairs)
 
     c = sub.add_parser("compare", help="several algorithms on one model, prompt set and budget: table + curves")
     c.add_argument("algorithms", nargs="+", help="e.g. grpo ddpo nft diffusion_dpo online_dpo refl grpo:kl_beta=0.04")
-    c.add_argument("--budget-nfe", type=int, default=0, help="network evaluations of training per algorithm")
-    c.add_argument("--budget-minutes", type=float, default=0.0, help="or: training wall minutes per algorithm")
+    c.add_argument("--budget-nfe", type=arg_type(NonNegativeInt), default=0, help="network evaluations of training per algorithm")
+    c.add_argument("--budget-minutes", type=arg_type(NonNegativeFloat), default=0.0, help="or: training wall minutes per algorithm")
     c.add_argument("--budget-recipe", action="store_true",
                    help="or: each recipe's own iterations and evaluation points (--evals is then unused)")
     c.add_argument("--model", default="builtin:shapes-flow")
-    c.add_argument("--pair-prompts", type=int, default=400,
+    c.add_argument("--pair-prompts", type=arg_type(PositiveInt), default=400,
                    help="diffusion_dpo's pairs: train prompts sampled 4 times each, best vs worst (default 400)")
     c.add_argument("--prompts", default="geneval-s", help="geneval-s, or geneval-s:CAT,CAT,CAT to hold categories out")
-    c.add_argument("--evals", type=int, default=4, help="held-out evaluations along each run")
-    c.add_argument("--per-category", type=int, default=50)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--set", action="append", default=[], help="key=value applied to every recipe, repeatable")
+    c.add_argument("--evals", type=arg_type(PositiveInt), default=4, help="held-out evaluations along each run")
+    c.add_argument("--per-category", type=arg_type(PositiveInt), default=50)
+    c.add_argument("--seed", type=arg_type(NonNegativeInt), default=0)
+    c.add_argument("--set", action="append", default=[],
+                   help="key=value applied to every recipe, repeatable; or key=value anywhere on the line")
     c.add_argument("--out", default="runs/compare")
     c.set_defaults(fn=cmd_compare)
 
     sr = sub.add_parser("serve-reward", help="serve a reward over HTTP (JSON + PNG) for the `remote` reward")
     sr.add_argument("name", help="a registered reward (see `visalign list`)")
-    sr.add_argument("--port", type=int, required=True)
-    sr.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
-    sr.add_argument("--device", default="cpu", help="where the reward's networks run, e.g. cuda")
-    sr.add_argument("--option", action="append", default=[], help="reward option key=value, repeatable")
+    sr.add_argument("--port", type=arg_type(Annotated[int, Range(ge=0, le=65535)]), required=True,
+                    help="0: a free port the system picks")
+    sr.add_argument("--host", type=_non_empty, default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    sr.add_argument("--device", type=_device, default="cpu", help="where the reward's networks run, e.g. cuda")
+    sr.add_argument("--option", action="append", default=[],
+                    help="reward option key=value, repeatable; or key=value anywhere on the line")
     sr.add_argument("--token", default=None, help="shared token clients must send as 'Authorization: Bearer TOKEN' "
                     "(default: $VISALIGN_REWARD_TOKEN, which `ps` does not show; none: no authentication)")
-    sr.add_argument("--max-pixels", type=int, default=4096 * 4096,
+    sr.add_argument("--max-pixels", type=arg_type(PositiveInt), default=4096 * 4096,
                     help="pixels of one image, read from its PNG header before decoding (default 4096x4096)")
-    sr.add_argument("--max-request-pixels", type=int, default=2**25,
+    sr.add_argument("--max-request-pixels", type=arg_type(PositiveInt), default=2**25,
                     help="pixels of all images of one request (default 2^25: 32 images of 1024x1024)")
-    sr.add_argument("--max-request-mb", type=float, default=128,
+    sr.add_argument("--max-request-mb", type=arg_type(PositiveFloat), default=128,
                     help="MiB of one request body (default 128); bodies held in memory at once: at most 4x this")
-    sr.add_argument("--max-connections", type=int, default=128,
+    sr.add_argument("--max-connections", type=arg_type(PositiveInt), default=128,
                     help="connections handled at once; more are answered 503 (default 128)")
-    sr.add_argument("--timeout", type=float, default=10.0, help="seconds one read from a client may wait (default 10)")
-    sr.add_argument("--deadline", type=float, default=60.0,
+    sr.add_argument("--timeout", type=arg_type(PositiveFloat), default=10.0, help="seconds one read from a client may wait (default 10)")
+    sr.add_argument("--deadline", type=arg_type(PositiveFloat), default=60.0,
                     help="seconds a client has to send its whole request; slower ones are dropped (default 60)")
     sr.set_defaults(fn=cmd_serve_reward)
 
     t = sub.add_parser("pretrain", help="pretrain a built-in model from a recipe")
-    t.add_argument("recipe")
-    t.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=100")
+    t.add_argument("recipe", help="a pretraining recipe name (visalign list) or a YAML file")
+    t.add_argument("overrides", nargs="*", help="key=value, anywhere on the line, e.g. train.steps=100")
     t.add_argument("--out", required=True)
     t.set_defaults(fn=cmd_pretrain)
+
+    cf = sub.add_parser("config", help="print a recipe resolved (YAML: what `train` writes as RUN/recipe.json), "
+                        "checked")
+    cf.add_argument("recipe", help=RECIPE_HELP + "; or a pretraining recipe")
+    cf.add_argument("overrides", nargs="*", help="key=value, anywhere on the line, as for train")
+    cf.set_defaults(fn=cmd_config)
+
+    for parser in (p, *sub.choices.values()):  # every command's help shows its defaults
+        parser.formatter_class = HelpFormatter
+        for action in parser._actions:
+            if action.help is None and action.option_strings and _shown_default(action.default):
+                action.help = "(default: %(default)s)"
     return p
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help (argparse's), except where the help already says it or there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or not _shown_default(action.default):
+            return text
+        return super()._get_help_string(action)
+
+
+def _shown_default(default) -> bool:
+    return default is not None and default is not False and default != [] and default is not argparse.SUPPRESS
+
+
+# Where each command's key=value words go: recipe overrides; reward options (make-pairs: as a recipe names them,
+# reward_options.KEY=VALUE, beside --reward-option KEY=VALUE; serve-reward: KEY=VALUE beside --option); compare:
+# overrides of every recipe, beside --set.
+KEY_VALUES = {"train": "overrides", "diagnose": "overrides", "pretrain": "overrides", "config": "overrides",
+              "make-pairs": "reward_option", "serve-reward": "option", "compare": "set"}
+
+
+def _is_key_value(word: str) -> bool:
+    """key=value (not an option, not a compare spec 'grpo:kl_beta=0.04', whose ':' comes before the '=')."""
+    key = word.partition("=")[0]
+    return "=" in word and not word.startswith("-") and ":" not in key and key.strip() != ""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """The parsed command line; key=value overrides may also come after the options (`train R --out D k=v`):
+    """The parsed command line; key=value words may come anywhere after the command (`train R --out D k=v`):
     argparse stops a positional list at the first option and would call the rest unrecognised."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = list(args.overrides) + extra
+    dest = KEY_VALUES.get(args.command)
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and _is_key_value(resume) and not Path(resume).exists():
+        # `train R --resume k=v`: argparse took the override for the optional CHECKPOINT; it goes back among the
+        # overrides where it stood on the line (a later k=v still wins)
+        pool, ordered = [*args.overrides, resume], []
+        for word in argv:
+            if word in pool:
+                pool.remove(word)
+                ordered.append(word)
+        args.overrides, args.resume = ordered, True
+    if args.command == "compare":  # `compare grpo train.lr=1e-4`: the override is no algorithm
+        extra = [a for a in args.algorithms if _is_key_value(a)] + extra
+        args.algorithms = [a for a in args.algorithms if not _is_key_value(a)]
+        if not args.algorithms:
+            parser.error("compare: give at least one algorithm, e.g. grpo ddpo nft")
+    if extra and dest and all(_is_key_value(e) for e in extra):
+        if args.command == "make-pairs" and not all(e.startswith("reward_options.") for e in extra):
+            parser.error(f"make-pairs takes key=value as reward options: reward_options.KEY=VALUE (or "
+                         f"--reward-option KEY=VALUE), got {' '.join(extra)}")
+        extra = [e.removeprefix("reward_options.") for e in extra] if dest in ("reward_option", "option") else extra
+        setattr(args, dest, list(getattr(args, dest)) + extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
@@ -415,7 +561,7 @@ def check_paths(args: argparse.Namespace) -> None:
         check_out_file(out, (".png",))  # save_grid writes PNG
     elif args.command in ("eval", "diagnose"):
         check_out_file(out, (".json",))
-    elif args.command in ("train", "pretrain"):
+    elif args.command in ("train", "pretrain", "compare"):
         check_out_folder(out)
     else:
         check_out(out)
@@ -436,9 +582,19 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer.trainer import TrainingInterrupted, TrainingStopped
     from .world.grammar import PromptError
 
-    if "VISALIGN_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
-    args = parse_args(argv)
+    threads = os.environ.get("VISALIGN_THREADS")
+    if threads is not None:
+        if not threads.strip().isdigit() or int(threads) < 1:
+            print(f"visalign: error: VISALIGN_THREADS={threads!r} is not a thread count; accepted: an integer >= 1",
+                  file=sys.stderr)
+            return 2
+        torch.set_num_threads(int(threads))
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # a parser error (one line already printed) or --help / --version: a return code, so
+        return e.code if isinstance(e.code, int) else 2  # main() answers the same in-process as on the shell
+    terminated = []  # SIGTERM (kill, a scheduler's stop) ends a command as Ctrl-C does, with exit code 143
+    old_term = _on_sigterm(terminated)
     try:
         check_paths(args)
         args.fn(args)
@@ -447,11 +603,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visalign {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:  # Ctrl-C in training: where it stopped and how to go on
-        print(f"visalign {args.command}: {e}", file=sys.stderr)
-        return 130
+        print(f"visalign {args.command}: {'terminated (SIGTERM), ' if terminated else ''}{e}", file=sys.stderr)
+        return 143 if terminated else 130
     except KeyboardInterrupt:  # Ctrl-C elsewhere (loading, sampling): nothing to resume
-        print(f"visalign {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"visalign {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    except BrokenPipeError:  # `visalign list | head`: the reader is gone; nothing left to say, and nowhere to say it
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python flushes
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return 141
     except OSError as e:  # a path's permissions, a full or read-only disk, a busy port; any other is a bug
         port = getattr(args, "port", None)
         where = getattr(args, "out", None) or getattr(args, "run", None) or (f"port {port}" if port else None)
@@ -460,7 +622,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"visalign {args.command}: error: {line}", file=sys.stderr)
         return 2
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it ends as Ctrl-C ends it (a run: at its last checkpoint,
+    with the command that resumes it)."""
+
+
+def _on_sigterm(flag: list):
+    """Turn SIGTERM into Terminated for the command's length (main thread only) -> the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        flag.append(signum)
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -239,13 +239,19 @@ def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, 
             raise ConfigError(f"--pair-prompts must be >= 1, got {pair_prompts}")
         pairs = make_comparison_pairs(model, prompts, out, seed, n_prompts=pair_prompts, log=log)
     results = []
-    for spec in specs:
+    from .trainer.logging import progress_bar
+
+    bar = progress_bar(log, len(specs), "compare", "run")  # ETA over the algorithms (a ConsoleLog, on a terminal)
+    for spec, label in zip(specs, labels):
+        bar.set_postfix(training=label)
         data = pairs["path"] if pairs and parse_spec(spec)[0] == "diffusion_dpo" else None
         res = run_recipe(spec, model, prompts, budget_nfe, budget_minutes, evals, per_category, seed,
                          overrides or [], out, data, log=log, recipe_budget=recipe_budget)
         if data:
             res["data_nfe"], res["data_wall_s"] = pairs["nfe"], pairs["wall_s"]
         results.append(res)
+        bar.update(1)
+    bar.close()
     split = held_split(prompts)
     table = format_table(results, split)
     budget = (f"{budget_nfe:,} NFE" if budget_nfe else f"{budget_minutes:g} wall minutes" if budget_minutes

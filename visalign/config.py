@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import types
 import typing
@@ -143,8 +144,12 @@ def _coerce(value, tp, key: str, finite: bool = True):
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r} must be a list")
-        (inner, *_) = typing.get_args(tp) or (typing.Any,)
-        return tuple(_coerce(v, inner, key) for v in value)
+        args = typing.get_args(tp) or (typing.Any,)
+        if origin is tuple and len(args) > 1 and args[-1] is not Ellipsis:  # tuple[X, Y]: exactly that many
+            if len(value) != len(args):
+                raise ConfigError(f"{key}={value!r} must be a list of {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return tuple(_coerce(v, args[0], key) for v in value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -188,7 +193,12 @@ def build(cls, data: dict | None, prefix: str = ""):
         key = f"{prefix}.{k}" if prefix else k
         if k not in names:
             raise ConfigError(f"unknown key '{key}'; accepted: {', '.join(names)}")
-        kwargs[k] = v if hints[k] is dict else _coerce(v, hints[k], key)
+        if hints[k] is dict:  # options checked by their owner (a reward's, a sampler's); a mapping ({} when empty)
+            if v is not None and not isinstance(v, dict):
+                raise ConfigError(f"{key} must be a mapping of options (key: value), got {v!r}")
+            kwargs[k] = v or {}
+        else:
+            kwargs[k] = _coerce(v, hints[k], key)
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -228,8 +238,35 @@ def check_options(fn, options: dict, what: str) -> dict:
     return out
 
 
+def arg_type(tp):
+    """An argparse `type=` for a command-line flag typed as a setting is (`type=arg_type(PositiveInt)`): the number
+    read and held to the annotation's Range (floats finite unless the Range says otherwise), so `--n 0`,
+    `--seed -1` or `--budget-minutes nan` are refused while the command line is parsed, in one line naming the
+    flag and what it accepts."""
+    import argparse
+
+    base, *meta = typing.get_args(tp) if typing.get_origin(tp) is Annotated else (tp,)
+    rng = next((m for m in meta if isinstance(m, Range)), Range(finite=True))
+    kind = "an integer" if base is int else "a finite number" if rng.finite else "a number"
+    accepted = f"{kind} {rng}" if str(rng) != "any" else kind
+
+    def parse(text: str):
+        try:
+            value = base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {kind}; accepted: {accepted}") from None
+        if (base is float and rng.finite and not math.isfinite(value)) or value not in rng:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; accepted: {accepted}")
+        return value
+
+    parse.__name__ = base.__name__  # argparse names the type in its own messages
+    return parse
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     """'train.lr=3e-4' -> (['train', 'lr'], 3e-4). Values are read as YAML scalars."""
+    if not isinstance(text, str):
+        raise ConfigError(f"override {text!r} must be a string key=value, e.g. train.iterations=10")
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value, e.g. train.iterations=10")
     key, raw = text.split("=", 1)
@@ -260,19 +297,46 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
+def _recipe_text(path: Path) -> str:
+    """A recipe file's text; a file that is not UTF-8 text (an image, a binary) is refused naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {path} is not a text file (byte {e.start} is not UTF-8); accepted: a YAML "
+                          f"recipe or a run's recipe.json") from None
+
+
 def load_recipe_dict(name_or_path: str) -> dict:
+    """A recipe by name (visalign/recipes/NAME.yaml), a YAML file, or a run's resolved recipe: RUN/recipe.json
+    (what `visalign train` wrote; it builds the same recipe again) or the run folder RUN itself."""
     path = Path(name_or_path)
-    if not path.suffix == ".yaml" or not path.is_file():
+    if path.is_dir() and (path / "recipe.json").is_file():
+        path = path / "recipe.json"
+    if path.suffix == ".json" and path.is_file():
+        try:
+            data = json.loads(_recipe_text(path))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"recipe {path} is not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {path} holds a {type(data).__name__} at the top level; accepted: a run's "
+                              f"recipe.json (a mapping of keys)")
+        data.setdefault("name", path.parent.name if path.name == "recipe.json" else path.stem)
+        return data
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown recipe '{name_or_path}'; available: {', '.join(recipe_names())}")
+        raise ConfigError(f"unknown recipe '{name_or_path}'; available: {', '.join(recipe_names())} (or a YAML file, "
+                          f"a run's recipe.json or its run folder)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(_recipe_text(path))
     except yaml.YAMLError as e:  # the line and what YAML expected there, on one line
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = " ".join(str(getattr(e, "problem", None) or e).split())
         raise ConfigError(f"recipe {path} is not valid YAML{where}: {what}") from None
+    if data is None:  # an empty file (or only comments) would silently run every default
+        raise ConfigError(f"recipe {path} is empty; accepted: a mapping of keys (kind: train, model: ..., "
+                          f"train: {{...}})")
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} holds a {type(data).__name__} at the top level; accepted: a mapping of "
                           f"keys (kind: train, model: ..., train: {{...}})")
@@ -362,6 +426,9 @@ class TrainConfig:
             )
         if self.finetune not in ("lora", "full"):
             raise ConfigError(f"train.finetune '{self.finetune}' is not one of lora, full")
+        if self.finetune == "lora" and not self.lora_targets:
+            raise ConfigError("train.lora_targets is empty; accepted: the names of the layers LoRA adapts, e.g. "
+                              "[to_q, to_k, to_v, to_out] (or train.finetune=full)")
         if self.curriculum not in ("uniform", "variance"):
             raise ConfigError(f"train.curriculum '{self.curriculum}' is not one of uniform, variance")
         if self.lr_schedule not in ("constant", "cosine"):

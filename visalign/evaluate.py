@@ -44,6 +44,29 @@ def summarize(categories: list[str], verdicts: list[verify.Verdict]) -> dict:
             "stray": mean([v.stray for v in verdicts]), "partial": mean([v.partial for v in verdicts])}
 
 
+class ProgressGenerator:
+    """A generator whose generate() shows a progress bar with ETA (tqdm on stderr, only on a terminal): it asks
+    the generator for its images in chunks of the generator's own batch (batch_size; 32 where it has none), so
+    they are the images one call makes, the same whether a bar is shown or not."""
+
+    def __init__(self, generator, desc: str = "eval"):
+        self.generator, self.desc = generator, desc
+
+    def __getattr__(self, name):  # everything else is the generator's (parse, validate, ...)
+        return getattr(self.generator, name)
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        from .trainer.logging import ConsoleLog, progress_bar
+
+        step = getattr(self.generator, "batch_size", None) or 32
+        out = []
+        with progress_bar(ConsoleLog, len(prompts), self.desc, "img") as bar:
+            for i in range(0, len(prompts), step):
+                out.append(self.generator.generate(list(prompts[i : i + step]), list(seeds[i : i + step])))
+                bar.update(len(out[-1]))
+        return np.concatenate(out)
+
+
 def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bool = False,
              split: str = "eval") -> dict:
     """Run a generator (generate(prompts, seeds) -> uint8 [B, H, W, 3]) on the eval set (split "train": on the

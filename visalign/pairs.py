@@ -113,7 +113,8 @@ def make_pairs(generator, reward, prompts: list[str], per_prompt: int, seed: int
                meta: dict, log=print) -> dict:
     """Sample `per_prompt` images of each prompt with `generator` (.generate(prompts, seeds) -> uint8 images),
     score them with `reward`, and write the pairs of each prompt's samples (i-th best vs i-th worst, equal
-    scores dropped: math/advantages.py pair_within_groups) as a dataset at `out`. -> the metadata written."""
+    scores dropped: math/advantages.py pair_within_groups) as a dataset at `out`. -> the metadata written.
+    A `log` that asks for one (trainer/logging.py ConsoleLog) gets a progress bar with ETA on a terminal."""
     from PIL import Image
 
     out = Path(out)
@@ -123,6 +124,9 @@ def make_pairs(generator, reward, prompts: list[str], per_prompt: int, seed: int
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     rng = np.random.default_rng(seed)
+    from .trainer.logging import progress_bar
+
+    bar = progress_bar(log, len(prompts), "make-pairs", "prompt")
     try:
         lines, n_pairs, chunk = [], 0, max(1, 128 // per_prompt)  # prompts per generate() call
         for k in range(0, len(prompts), chunk):
@@ -141,7 +145,10 @@ def make_pairs(generator, reward, prompts: list[str], per_prompt: int, seed: int
                                          "score_chosen": float(scores[w]), "score_rejected": float(scores[l]),
                                          "seed": seeds[w]}))
                 n_pairs += 1
-            log(f"{min(k + chunk, len(prompts))}/{len(prompts)} prompts, {n_pairs} pairs")
+            bar.update(len(prompts[k : k + chunk]))
+            bar.set_postfix(pairs=n_pairs)
+            if bar.disable:  # no bar (not a terminal): a line per chunk
+                log(f"{min(k + chunk, len(prompts))}/{len(prompts)} prompts, {n_pairs} pairs")
         if n_pairs == 0:
             raise PairDataError("no pair had two different rewards; sample more images per prompt (--per-prompt)")
         meta = {"format": FORMAT, **meta, "pairs": n_pairs, "per_prompt": per_prompt, "seed": seed,
@@ -150,5 +157,6 @@ def make_pairs(generator, reward, prompts: list[str], per_prompt: int, seed: int
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         os.replace(tmp, out)
     finally:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return meta

@@ -78,8 +78,13 @@ def load_prompt_set(spec: str) -> PromptSet:
     if spec.startswith("file:"):
         path = Path(spec[5:])
         if not path.is_file():
-            raise ValueError(f"prompt file {path} does not exist; give file:PATH to a text file with one prompt a line")
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ValueError(f"prompt file {path} {what}; give file:PATH to a text file with one prompt a line")
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"prompt file {path} is not a text file (byte {e.start} is not UTF-8); give file:PATH "
+                             f"to a text file with one prompt a line") from None
         if not lines:
             raise ValueError(f"prompt file {path} holds no prompts (one prompt a line)")
         train, held = _split(lines, spec)

@@ -54,5 +54,11 @@ def _typed(value: str):
 def split_spec(spec: str) -> tuple[str, dict]:
     """'name?key=value&key=value' -> (name, {key: value}), values typed as YAML scalars (1 -> int, true -> bool):
     the option syntax of model and reward specs."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a spec is a string 'name?key=value&...', got {type(spec).__name__} {spec!r}")
     name, _, query = spec.partition("?")
-    return name, {k: _typed(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+    pairs = parse_qsl(query, keep_blank_values=True)
+    twice = sorted({k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])})
+    if twice:  # the last one would silently win
+        raise ValueError(f"'{spec}' gives option(s) {twice} more than once; give each once")
+    return name, {k: _typed(v) for k, v in pairs}

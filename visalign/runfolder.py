@@ -73,6 +73,9 @@ def check_out_file(value: str | None, suffixes: tuple[str, ...], option: str = "
         raise RunFolderError(f"{option} {value} is a folder; accepted: a file path ending in {', '.join(suffixes)}")
     if path.suffix.lower() not in suffixes:
         raise RunFolderError(f"{option} {value} ends in '{path.suffix}'; accepted: {', '.join(suffixes)}")
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # else mkdir(parents=True) says only "File exists"
+        raise RunFolderError(f"{option} {value}: {blocked} is a file, not a folder; accepted: a path through folders")
 
 
 # the file-system errors a user causes (a path's permissions, a read-only or full disk, a path of another kind, a

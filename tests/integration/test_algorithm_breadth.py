@@ -180,4 +180,4 @@ def test_compare_on_each_recipes_own_budget(tmp_path, capsys):
     assert main(args[:3] + ["--budget-nfe", "10", "--out", str(out)]) == 2
     assert "--budget-recipe keeps each recipe's iterations" in capsys.readouterr().err
     assert main(["compare", "diffusion_dpo", "--budget-recipe", "--pair-prompts", "0", "--out", str(out)]) == 2
-    assert "--pair-prompts must be >= 1, got 0" in capsys.readouterr().err
+    assert "--pair-prompts: 0 is out of range; accepted: an integer >= 1" in capsys.readouterr().err

@@ -332,9 +332,11 @@ def test_diagnose_command(tiny_dir, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert -1 <= res["signal_share"] <= 1 and res["batches"] == 3 and res["nfe"] > 0
     assert {"signal_share_early", "signal_share_late", "diag_equal_groups"} <= set(res)
-    assert "% signal" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"signal_share {res['signal_share']} per update" in printed  # the JSON's numbers, as printed
+    assert all(f"  {k:<24} {'none' if v is None else v}" in printed for k, v in res.items() if k != "warning")
     assert main(["diagnose", "geneval-s-grpo", *_overrides(tiny_dir), "--batches", "1"]) == 2
-    assert "--batches must be >= 2" in capsys.readouterr().err
+    assert "--batches: 1 is out of range; accepted: an integer >= 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("recipe", ["geneval-s-grpo", "geneval-s-nft"])

@@ -30,7 +30,7 @@ def test_dpo_gradient_is_beta_sigmoid_weighted():
 
 
 def test_diffusion_dpo_loss_hand_worked():
-    """DESIGN 3.7: -log sigmoid(-beta / 2 [(err_w - err_w_ref) - (err_l - err_l_ref)])."""
+    """docs/architecture.md#diffusion-dpo: -log sigmoid(-beta / 2 [(err_w - err_w_ref) - (err_l - err_l_ref)])."""
     ew, ewr, el, elr = (torch.tensor([v]) for v in (0.10, 0.12, 0.30, 0.28))
     # (0.10 - 0.12) - (0.30 - 0.28) = -0.04; -beta / 2 * -0.04 = 0.02 beta; beta 100 -> -log sigmoid(2)
     assert diffusion_dpo_loss(ew, ewr, el, elr, beta=100.0).item() == pytest.approx(math.log1p(math.exp(-2)), rel=1e-5)

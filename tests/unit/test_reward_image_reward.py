@@ -19,7 +19,8 @@ WORDS = ["a", "red", "cat", "two", "dogs", "blue", "square", "on", "the", "left"
 
 
 def bert_tokenizer(tmp_path):
-    """A BERT WordPiece tokenizer from a vocab.txt written here (DESIGN 7: no hub)."""
+    """A BERT WordPiece tokenizer from a vocab.txt written here (no hub:
+    docs/architecture.md#facts-the-testbed-relies-on)."""
     from transformers import AutoTokenizer, BertTokenizer
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]

@@ -1,4 +1,4 @@
-"""flow_sde_step against independent computations (DESIGN 3.1, 3.3)."""
+"""flow_sde_step against independent computations (docs/architecture.md#flow-sde, #dance-and-cps)."""
 
 import math
 

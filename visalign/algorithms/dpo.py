@@ -3,7 +3,8 @@
 diffusion_dpo — Diffusion-DPO (Wallace et al., 2023, arXiv 2311.12908), offline: pairs (chosen, rejected)
   of clean images for one prompt come from a dataset on disk (`visalign make-pairs`, visalign/pairs.py);
   both images of a pair are noised with one shared (t, eps) and the loss compares how much better the
-  policy denoises the chosen one than the rejected one, relative to the frozen reference (DESIGN 3.7).
+  policy denoises the chosen one than the rejected one, relative to the frozen reference
+  (docs/architecture.md#diffusion-dpo).
 online_dpo — D3PO / SPO-style online DPO (Yang et al., 2023, arXiv 2311.13231; Liang et al., 2024, SPO):
   pairs are drawn from the current policy's own rollouts within a group (best vs worst, by the reward) and
   every sampled step is one DPO instance on its per-step log-probs. Its reference is the sampling policy

@@ -1,9 +1,9 @@
 """GRPO on the denoising chain: Flow-GRPO (Liu et al., 2025, arXiv 2505.05470) and DanceGRPO (Xue et al.,
 2025, arXiv 2505.07818); on token policies the same code is AR-GRPO.
 
-advantage: group-normalised reward (DESIGN 3.5); loss per trained step: PPO-clip on the step's ratio,
-plus beta x KL to the reference in mean space (DESIGN 3.1). The efficiency options of the field are
-settings, not copies: `timestep_fraction` trains a random subset of the stochastic steps (DanceGRPO);
+advantage: group-normalised reward (docs/architecture.md#advantages-and-ppo-clip); loss per trained step:
+PPO-clip on the step's ratio, plus beta x KL to the reference in mean space (docs/architecture.md#flow-sde). The
+efficiency options of the field are settings, not copies: `timestep_fraction` trains a random subset of the stochastic steps (DanceGRPO);
 `window` makes only `window_size` consecutive steps stochastic (ODE elsewhere), placed at random each
 iteration (Flow-GRPO-Fast) or sliding from the noisiest steps towards the clean end (MixGRPO, Li et al.,
 2025, arXiv 2507.21802), within the sampler's own `sde_window` when it sets one (e.g. only the early steps,

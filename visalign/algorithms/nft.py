@@ -2,11 +2,12 @@
 
 No log-probs: each rollout's final sample is noised afresh (x_t = (1 - t) x0 + t eps) and the policy's
 velocity regresses onto eps - x0 through an implicit positive policy (weight r) and an implicit negative
-one (weight 1 - r), both mixtures of the current and the *old* velocity (DESIGN 3.6, math/losses.py).
+one (weight 1 - r), both mixtures of the current and the *old* velocity (math/losses.py;
+docs/architecture.md#nft-and-velocity-kl).
 r = 0.5 + 0.5 clip(A / adv_scale, -1, 1) from group advantages, so a sample that is only as good as its
 group pulls the policy towards the old model, which makes the loss its own trust region.
 
-Why it is the default on the laptop benchmark (issue 9, docs/variance-reduction.md): one update is about
+Why it is the default on the laptop benchmark (docs/results/variance-reduction.md): one update is about
 as noisy as Flow-GRPO's (~3% signal per update at 64-128 rollouts, measured), but its loss is a bounded
 regression that tolerates many small steps (lr 3e-5, 400 steps in the demo), it needs no log-probs (so
 rollouts use the deterministic ODE sampler, here without CFG), and the contrast between good and bad
@@ -36,7 +37,7 @@ class NFTConfig:
     global_std: bool = True  # normalise advantages by the batch's std (see grpo)
     adv_clip: float = 5.0
     draws: int = 1  # (t, eps) draws per sample in each pass over the batch
-    kl_beta: float = 0.0  # weight of mean((v - v_ref)^2), a KL to the reference in velocity space (DESIGN 3.6)
+    kl_beta: float = 0.0  # weight of mean((v - v_ref)^2), a velocity KL (docs/architecture.md#nft-and-velocity-kl)
     # the CFG scale of the velocity the loss trains. 1: the conditional network alone, the paper's CFG-free
     # model. The sampler's guidance (e.g. 4): the guided velocity that CFG rollouts and evaluation follow, so
     # the loss sees the w-fold effect of a change to the conditional branch (the unconditional one is frozen)

@@ -3,11 +3,11 @@ surrogate on the log-prob of each sampled step, an optional KL to the reference 
 of the stochastic steps per update. Subclasses say how rewards become advantages (and where rollouts are
 stochastic); the loss of a step is written once, here.
 
-estimator "ppo": PPO's clipped importance ratio (DDPO-IS, Flow-GRPO; DESIGN 3.5).
+estimator "ppo": PPO's clipped importance ratio (DDPO-IS, Flow-GRPO; docs/architecture.md#advantages-and-ppo-clip).
 estimator "sf":  the score function -A log p (REINFORCE, DDPO-SF); unbiased on the first pass over fresh
                  rollouts only, so use it with train.epochs = 1.
 KL (DPOK; Flow-GRPO's beta): the policy's step_kl between its step distribution and the reference's: for
-denoising steps the Gaussians' KL in mean space (DESIGN 3.1), for token steps the categorical KL.
+denoising steps the Gaussians' KL in mean space (docs/architecture.md#flow-sde), for token steps the categorical KL.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Direct reward backpropagation: the reward model is differentiable, so its gradient flows through the
-decoder and the last sampling steps into the generator (DESIGN 3.8). Fast, no variance from a score-function
-estimator, and prone to reward hacking: the verifier still evaluates (the trainer's evaluation).
+decoder and the last sampling steps into the generator (docs/architecture.md#reward-gradient). Fast, no variance
+from a score-function estimator, and prone to reward hacking: the verifier still evaluates (the trainer's evaluation).
 
 refl       ReFL (Xu et al., 2023, ImageReward, arXiv 2304.05977): one step drawn from the last `window`
            steps of the chain; from that state the network predicts x0 in one forward, and the reward of
@@ -17,8 +17,8 @@ the last k steps of each stored chain with gradients (policy.denoise), reusing t
 without a weight change it reproduces the rollout exactly.
 
 kl_beta > 0 adds kl_beta x ||v - v_ref||^2 on forward-process points of the rollout's own samples (the KL of
-the two policies' paths in velocity space, DESIGN 3.6, as nft's and rwr's kl_beta): the reward's gradient
-moves the network only where the learned reward says so, and the anchor keeps the rest of its field, the
+the two policies' paths in velocity space, docs/architecture.md#nft-and-velocity-kl, as nft's and rwr's
+kl_beta): the reward's gradient moves the network only where the learned reward says so, and the anchor keeps the rest of its field, the
 part the learned reward cannot judge, at the reference (ImageReward's ReFL keeps a pretraining loss beside
 the reward loss for the same reason).
 """

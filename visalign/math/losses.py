@@ -59,7 +59,7 @@ def dpo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, bet
 
 def diffusion_dpo_loss(err_w: torch.Tensor, err_w_ref: torch.Tensor, err_l: torch.Tensor, err_l_ref: torch.Tensor,
                        beta: float) -> torch.Tensor:
-    """Diffusion-DPO (Wallace et al., 2023, arXiv 2311.12908, eq. 14; DESIGN 3.7) per pair:
+    """Diffusion-DPO (Wallace et al., 2023, arXiv 2311.12908, eq. 14; docs/architecture.md#diffusion-dpo) per pair:
     -log sigmoid(-beta / 2 [(err_w - err_w_ref) - (err_l - err_l_ref)]), err = ||pred - target||^2 (mean over
     dims) of the chosen / rejected image at one shared (t, eps). It is dpo_loss with the denoising error
     standing in for -2 log-likelihood (the ELBO). All [P] -> [P]."""

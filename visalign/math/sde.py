@@ -133,8 +133,8 @@ def ddim_step(
     clip_sample: float | None = None,
 ) -> StepOutput:
     """One DDIM step (Song et al., 2021, eq. 12) from x_t at alpha_bar to x_prev at alpha_bar_prev > alpha_bar,
-    with eta in [0, 1] scaling the DDPM posterior std (DESIGN 3.2; eta = 1 is DDPM's ancestral step, eta = 0
-    the deterministic DDIM step, whose log_prob is 0):
+    with eta in [0, 1] scaling the DDPM posterior std (docs/architecture.md#ddim-with-eta; eta = 1 is DDPM's
+    ancestral step, eta = 0 the deterministic DDIM step, whose log_prob is 0):
         var = (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev);  std = eta sqrt(var)
         mean = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - std^2) eps_hat;  x_prev = mean + std noise
     x, model_output, noise, prev_sample: [B, ...]; alpha_bar, alpha_bar_prev: float or [B]. `clip_sample`
@@ -155,8 +155,8 @@ def ddim_step(
 
 def flow_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL between two step Gaussians of equal std, in mean space: mean over dims of (m - m_ref)^2 / (2 std^2).
-    (DESIGN 3.1; Flow-GRPO divides by the step's full std.) The same closed form holds for DDIM steps, so
-    DPOK's KL uses it too. -> [B]"""
+    (docs/architecture.md#flow-sde; Flow-GRPO divides by the step's full std.) The same closed form holds for
+    DDIM steps, so DPOK's KL uses it too. -> [B]"""
     return ((mean - mean_ref) ** 2 / (2 * std**2)).flatten(1).mean(1)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..config import NonNegativeInt, PositiveInt
 from ..math import schedules
 from .persist import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Pretrained  # noqa: F401  (re-exported)
 from .text import PARSERS, TextEncoder, check_task, make_tokenizer
@@ -24,24 +25,32 @@ PREDICTIONS = ("velocity", "epsilon", "v_prediction")
 @dataclass(frozen=True)
 class ShapesModelConfig:
     prediction: str = "velocity"
-    resolution: int = 32  # image height (and width unless `width` is set)
-    width: int = 0  # image width; 0 = square (the text task's signs are 32 x 64)
+    resolution: PositiveInt = 32  # image height (and width unless `width` is set)
+    width: NonNegativeInt = 0  # image width; 0 = square (the text task's signs are 32 x 64)
     task: str = "shapes"  # the world task it draws: its prompt tokens and pretraining data (models/text.py TASKS)
-    channels: tuple[int, ...] = (32, 64, 128)
+    channels: tuple[PositiveInt, ...] = (32, 64, 128)
     attention: tuple[bool, ...] = (False, True, True)
-    heads: int = 4
+    heads: PositiveInt = 4
     positional: bool = False  # position features in the attention blocks (models/unet.py; the text task)
-    text_dim: int = 128
-    text_layers: int = 2
-    max_prompt_words: int = 8
+    text_dim: PositiveInt = 128
+    text_layers: PositiveInt = 2
+    max_prompt_words: PositiveInt = 8
     # Sampling defaults that came with the training (what `visalign sample` uses unless told otherwise).
-    sample_steps: int = 20
+    sample_steps: PositiveInt = 20
     guidance_scale: float = 3.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction '{self.prediction}' is not one of {', '.join(PREDICTIONS)}")
+        if not self.channels:
+            raise ValueError("channels is empty; accepted: one width per UNet level, e.g. [32, 64, 128]")
+        attended = {"text_dim": self.text_dim, f"channels[{len(self.channels) - 1}]": self.channels[-1]}  # + mid
+        attended.update({f"channels[{i}]": c for i, (c, a) in enumerate(zip(self.channels, self.attention)) if a})
+        split = [f"{k}={v}" for k, v in attended.items() if v % self.heads]
+        if split:  # each attention splits its width into `heads` parts
+            raise ValueError(f"heads={self.heads} does not divide {', '.join(split)}; accepted: heads dividing "
+                             f"text_dim and the widths of the attention levels")
         for name, size in (("resolution", self.resolution), ("width", self.width)):
             if size % (2 ** len(self.channels)) != 0:
                 raise ValueError(

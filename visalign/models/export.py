@@ -42,9 +42,14 @@ def _read_recipe(run: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"cannot export {run}: it has no recipe.json (not a run folder made by `visalign train`)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        recipe = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot export {run}: recipe.json is not valid JSON ({e})") from None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("train", {}), dict):
+        raise ValueError(  # noqa: TRY004 - a damaged file, the user's to fix: the CLI's one-line errors are ValueErrors
+            f"cannot export {run}: recipe.json holds no recipe (a mapping with model, train, ...), the file "
+            f"`visalign train` writes; restore it")
+    return recipe
 
 
 def _load_weights(run: Path) -> dict:

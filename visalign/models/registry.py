@@ -11,10 +11,11 @@ its grammar."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from ..config import NonNegativeFloat, PositiveInt, check_options
+from ..config import NonNegativeFloat, PositiveInt, Range, check_options
 from ..images import tensor_to_images
 from ..registry import Registry, split_spec
 from ..world import grammar, render
@@ -25,18 +26,32 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MODELS = Registry("model")
 
 
+def check_batch(prompts, seeds) -> None:
+    """A generator's input: a list of prompt strings and one non-negative integer seed each (zip() would
+    silently draw fewer images; a prompt string would be read letter by letter)."""
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"generate: prompts must be a list of strings, got {type(prompts).__name__} {prompts!r:.80}")
+    if not isinstance(seeds, (list, tuple, np.ndarray)) or len(seeds) != len(prompts):
+        got = f"{len(seeds)} seeds" if isinstance(seeds, (list, tuple, np.ndarray)) else type(seeds).__name__
+        raise ValueError(f"generate: {len(prompts)} prompts and {got}; accepted: one seed per prompt")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
+    if bad:
+        raise ValueError(f"generate: seeds must be integers >= 0, got {bad[:3]}")
+
+
 class OracleGenerator:
     """Renders each prompt exactly (a random scene satisfying it), optionally blurred and noised, or with
     `distractors` random objects nobody asked for beside it (what GenEval's rules let through and the exact
     reading does not): it measures the verifier, not a model."""
 
-    def __init__(self, resolution: PositiveInt = 32, blur: NonNegativeFloat = 0.0, noise: NonNegativeFloat = 0.0,
-                 distractors: int = 0):
+    def __init__(self, resolution: Annotated[int, Range(ge=1, le=4096)] = 32, blur: NonNegativeFloat = 0.0,
+                 noise: NonNegativeFloat = 0.0, distractors: int = 0):
         if distractors < 0:  # its own message (the CLI's tests read it); the other ranges are the annotations'
             raise ValueError(f"oracle: distractors must be >= 0, got {distractors}")
         self.resolution, self.blur, self.noise, self.distractors = resolution, blur, noise, distractors
 
     def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        check_batch(prompts, seeds)
         out = []
         for p, s in zip(prompts, seeds):
             rng = np.random.default_rng(int(s))
@@ -74,6 +89,7 @@ class PolicyGenerator:
         self.parse = getattr(adapter, "parse_prompt", grammar.parse_prompt)  # built-in text models: the text grammar
 
     def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        check_batch(prompts, seeds)
         for p in prompts if self.validate else []:
             if p:
                 self.parse(p)
@@ -208,10 +224,17 @@ def _bundled_pipeline(folder: str, path: str | None, **opts):
     return load_diffusers(str(path or WEIGHTS_DIR / folder), **opts)
 
 
+def _folder_options(device: str = "cpu"):
+    """The options of a saved built-in model folder (ShapesModel.from_pretrained's, but its path)."""
+
+
 def load_model(spec: str):
     """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
     for the oracle). A directory path loads a built-in model saved with save_pretrained."""
     name, opts = split_spec(spec)
+    if not name.strip():  # Path("") is the current folder: never load it as a model by accident
+        raise ValueError(f"model spec '{spec}' names no model; accepted: a registered name (visalign list), a "
+                         f"saved model folder, or diffusers:<path-or-hub-id>")
     if name.startswith(DIFFUSERS_PREFIX):  # a prefix: everything after it is the path or hub id
         opts["path"] = name[len(DIFFUSERS_PREFIX):]
         name = DIFFUSERS_PREFIX + "<path-or-hub-id>"
@@ -225,6 +248,7 @@ def load_model(spec: str):
                              f"first: `visalign export {run} --format merged --out DIR`, then --model DIR")
         if (Path(name) / TOKENIZER_DIR).is_dir():  # a token model saved with its tokenizer (models/ar.py)
             return _shapes_ar(path=name, **opts)
+        opts = check_options(_folder_options, opts, f"model folder '{name}'")  # ?bogus=1: one line
         return builtin_adapter(ShapesModel.from_pretrained(name, **opts))
     factory = MODELS.get(name)
     opts = check_options(factory, opts, f"model '{name}'")  # typed from its signature: ?steps=abc is one line

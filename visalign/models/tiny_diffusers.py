@@ -1,6 +1,6 @@
 """Tiny diffusers pipelines with random weights, built offline from configs (as diffusers' own tests build
 them): the real backends' code paths at 32x32 in about a second, for tests and benchmarks. Nothing is
-downloaded: the tokenizers are made from files written here (DESIGN 7).
+downloaded: the tokenizers are made from files written here (docs/architecture.md#facts-the-testbed-relies-on).
 
     build_tiny_pipeline("sd15" | "sdxl" | "sd3" | "flux", seed=0) -> a diffusers pipeline
     save_tiny_pipeline(kind, out_dir)  ->  `diffusers:<out_dir>` loads it
@@ -29,7 +29,7 @@ CLIP_MAX_LENGTH = 77
 
 def clip_tokenizer():
     """A CLIPTokenizer over a character vocabulary: every printable character, alone and as a word end
-    ("x</w>"), and a merges file holding only its header line (DESIGN 7)."""
+    ("x</w>"), and a merges file holding only its header line (docs/architecture.md#facts-the-testbed-relies-on)."""
     from transformers import CLIPTokenizer
 
     chars = sorted(set(string.ascii_letters + string.digits + string.punctuation))

@@ -1,5 +1,6 @@
-"""AutoregressivePolicy: a token model adapter (models/ar.py) + the token step math (DESIGN 3.4) = a policy
-over token sequences, trained by the same trainer and algorithms as the denoising families.
+"""AutoregressivePolicy: a token model adapter (models/ar.py) + the token step math
+(docs/architecture.md#token-steps) = a policy over token sequences, trained by the same trainer and algorithms as
+the denoising families.
 
 A trajectory's step i is generated token i (the plan's words, then the image tokens): states [B, N] holds the
 output ids, log_probs [B, N] the log-prob of each under the distribution it was drawn from. That distribution
@@ -49,8 +50,8 @@ class ARSampling:
 
 def token_log_probs(cond: torch.Tensor, uncond: torch.Tensor | None, allowed: torch.Tensor, s: ARSampling,
                     taken: torch.Tensor | None = None) -> torch.Tensor:
-    """The step function (DESIGN 3.4). cond, uncond [..., V] logits; allowed [..., V] bool (the grammar);
-    taken [...] the token a rollout drew, kept in the top-k set when recomputing (a near-tie that float
+    """The step function (docs/architecture.md#token-steps). cond, uncond [..., V] logits; allowed [..., V] bool
+    (the grammar); taken [...] the token a rollout drew, kept in the top-k set when recomputing (a near-tie that float
     rounding reorders must not turn the drawn token's log-prob into -inf) -> log p [..., V] in fp32."""
     logits = cond.float() if uncond is None else uncond.float() + s.guidance_scale * (cond.float() - uncond.float())
     logits = (logits / s.temperature).masked_fill(~allowed, float("-inf"))

@@ -219,8 +219,8 @@ class DenoisingPolicy:
                            out.std.view(b, k, *out.std.shape[1:]))
 
     def step_kl(self, lp: StepLogProb, ref: StepLogProb) -> torch.Tensor:
-        """KL between the policy's and the reference's step Gaussians, in mean space (DESIGN 3.1), mean over
-        the steps -> [B]."""
+        """KL between the policy's and the reference's step Gaussians, in mean space
+        (docs/architecture.md#flow-sde), mean over the steps -> [B]."""
         return flow_kl(lp.mean, ref.mean, lp.std)
 
     # ------------------------------------------------------------------ reward gradients and offline data

@@ -1,6 +1,6 @@
 """DiffusionPolicy: an epsilon / v / sample-prediction adapter + the DDIM step with eta > 0 (`ddim_step`,
-DESIGN 3.2) = a policy over denoising chains, as DDPO (Black et al., 2023, arXiv 2305.13301) and DPOK
-(Fan et al., 2023, arXiv 2305.16381) train it. The shared sampling/scoring loop is in denoising.py.
+docs/architecture.md#ddim-with-eta) = a policy over denoising chains, as DDPO (Black et al., 2023,
+arXiv 2305.13301) and DPOK (Fan et al., 2023, arXiv 2305.16381) train it. The shared sampling/scoring loop is in denoising.py.
 
 Beyond the common adapter interface, a diffusion adapter gives:
   prediction_type                    epsilon | v_prediction | sample

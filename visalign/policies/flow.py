@@ -1,5 +1,5 @@
-"""FlowPolicy: a velocity-model adapter + the flow step math (`flow_sde_step`, DESIGN 3.1/3.3) = a policy
-over denoising chains (the shared sampling/scoring loop is in denoising.py)."""
+"""FlowPolicy: a velocity-model adapter + the flow step math (`flow_sde_step`, docs/architecture.md#flow-sde,
+#dance-and-cps) = a policy over denoising chains (the shared sampling/scoring loop is in denoising.py)."""
 
 from __future__ import annotations
 

@@ -40,6 +40,8 @@ def check_input(name: str, images, prompts) -> torch.Tensor | None:
     if images.ndim != 4 or images.shape[1] != 3:
         hint = " (channels last?)" if images.ndim == 4 and images.shape[-1] == 3 else ""
         raise RewardInputError(f"reward {name}: got images of shape {shape}{hint}; accepted: {ACCEPTED}")
+    if not images.shape[2] or not images.shape[3]:
+        raise RewardInputError(f"reward {name}: got images of shape {shape} (no pixels); accepted: {ACCEPTED}")
     if not images.is_floating_point():
         raise RewardInputError(f"reward {name}: got {str(images.dtype).removeprefix('torch.')} images; accepted: "
                                f"float in [-1, 1] (uint8 images / 127.5 - 1)")
@@ -49,6 +51,10 @@ def check_input(name: str, images, prompts) -> torch.Tensor | None:
             f"prompts of type {type(prompts).__name__}"
         raise RewardInputError(f"reward {name}: got {_plural(n, 'image')} and {got}; accepted: a list of one "
                                f"prompt per image")
+    odd = next((p for p in prompts if not isinstance(p, str)), None)
+    if odd is not None or any(not isinstance(p, str) for p in prompts):
+        raise RewardInputError(f"reward {name}: got a prompt of type {type(odd).__name__} ({odd!r:.40}); accepted: "
+                               f"a list of one prompt string per image")
     with torch.no_grad():
         x = images.detach()
         finite = torch.isfinite(x).flatten(1).all(1)  # [B]

@@ -2,7 +2,7 @@
 detections (models/reward_net.py, trained by `visalign pretrain geneval-s-reward-pretrain`); score =
 sigmoid(logit), the probability that the verifier accepts the image for the prompt. It is differentiable:
 gradients flow from the scores to the images, for the reward-gradient methods (ReFL, DRaFT, AlignProp). It is
-a stand-in for the verifier, with its errors (docs/geneval-s-reward-agreement.json): evaluation still uses the
+a stand-in for the verifier, with its errors (docs/results/geneval-s-reward-agreement.json): evaluation still uses the
 verifier."""
 
 from __future__ import annotations

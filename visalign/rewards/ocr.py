@@ -14,7 +14,7 @@ Options psm and preprocess give a second, independent reading to judge a run tra
 learn images that fool one reading): `psm=8, preprocess="otsu-crop"` reads the word without tesseract's line
 finder, on an image binarised and cropped by OpenCV instead of tesseract, at another scale. It reads clean
 renders of the held-out words exactly (tested), yet reads many of the text model's signs differently
-(docs/reward-hacking.md).
+(docs/results/reward-hacking.md).
 """
 
 from __future__ import annotations

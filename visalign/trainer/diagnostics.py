@@ -21,6 +21,8 @@ import math
 import torch
 
 WINDOW_NAMES = ("early", "mid", "late")
+# What `visalign diagnose` averages over its batches beside the signal shares (reward_stats, advantage_ess).
+BATCH_STATS = ("reward_mean", "diag_equal_groups", "diag_var_within", "diag_var_between", "diag_ess")
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -115,3 +117,29 @@ def low_signal_warning(update_share: float, steps: int, lr: float, threshold: fl
             f"{steps} optimizer steps at lr={lr:g} (< {threshold}): the run is mostly a random walk ({more}); "
             f"raise train.batch_size, "
             f"or take more optimizer steps at a lower train.lr (signal adds up over steps, noise as their square root)")
+
+
+def rounded(res: dict, digits: int = 4) -> dict:
+    """`visalign diagnose`'s numbers as it prints them and writes them (--out): floats to `digits` significant
+    digits, an infinite one (no signal: no batch size reaches half) as None; ints and strings as they are."""
+    def one(v):
+        if isinstance(v, float):
+            return float(f"{v:.{digits}g}") if math.isfinite(v) else None
+        return v
+
+    return {k: one(v) for k, v in res.items()}
+
+
+def signal_summary(res: dict, name: str, lr: float) -> list[str]:
+    """The lines `visalign diagnose` prints from rounded(res): every number under the name it has in the JSON,
+    then one sentence read from the same numbers, then the warning if any."""
+    lines = [f"{name}: {res['batches']} independent batches of {res['batch_size']} rollouts, lr={lr:g}"]
+    lines += [f"  {k:<24} {'none' if v is None else v}" for k, v in res.items() if k != "warning"]
+    half = res["batch_for_half_signal"]
+    more = (f"batch_for_half_signal {half} rollouts per update would make it 0.5" if half is not None
+            else "no batch size would make it 0.5 (no measurable signal)")
+    lines.append(f"signal_share {res['signal_share']} per update; {more}; run_signal_share {res['run_signal_share']} "
+                 f"over the run's {res['optimizer_steps']} optimizer steps")
+    if res.get("warning"):
+        lines.append(res["warning"])
+    return lines

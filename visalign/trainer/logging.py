@@ -140,7 +140,11 @@ def metrics_lines(path: Path, note=_stderr_note) -> list[tuple[str, dict]]:
     naming the file and line."""
     if not path.exists():
         return []
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MetricsError(f"{path} is not a metrics log (byte {e.start} is not UTF-8 text); the file is corrupt: "
+                           f"restore it") from None
     lines = text.splitlines()
     out = []
     for i, line in enumerate(lines):
@@ -164,3 +168,24 @@ def metrics_lines(path: Path, note=_stderr_note) -> list[tuple[str, dict]]:
 def read_metrics(run: Path, note=_stderr_note) -> list[dict]:
     """The records of RUN/metrics.jsonl ([] when there is none); see metrics_lines for a damaged file."""
     return [record for _, record in metrics_lines(Path(run) / "metrics.jsonl", note)]
+
+
+class ConsoleLog:
+    """The commands' `log` (pretrain, make-pairs, compare): prints each message above any progress bar
+    (tqdm.write, to stdout) and asks the loops it is passed to for a progress bar with ETA (progress_bar)."""
+
+    progress = True
+
+    def __call__(self, message: str = "", flush: bool = True) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(str(message))
+
+
+def progress_bar(log, total: int, desc: str, unit: str = "it"):
+    """A tqdm bar with ETA (on stderr, as the trainer's) when `log` asks for one (ConsoleLog) and stderr is a
+    terminal (tqdm's disable=None: no bar lines in a log file); else a disabled bar, whose update() does nothing."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
+                disable=None if getattr(log, "progress", False) else True)

@@ -105,6 +105,9 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
     log(f"pretraining {model_cfg.prediction} model, {n_params / 1e6:.2f}M params, {cfg.steps} steps x {cfg.batch_size}")
     start, seen = time.time(), 0
     history = []
+    from .logging import progress_bar
+
+    bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):
         prompts, images = stream.batch(cfg.batch_size)
         drop = torch.rand(len(prompts), generator=gen) < cfg.cfg_dropout
@@ -120,6 +123,7 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         seen += len(prompts)
+        bar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             el = time.time() - start
             rec = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr_at(step, cfg), "images": seen,
@@ -132,5 +136,6 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
         if out_of_time:
             log(f"stopped at step {step + 1} after train.max_minutes={cfg.max_minutes}")
             break
+    bar.close()
     (out / "pretrain_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return model.eval()

@@ -634,6 +634,9 @@ def reward_pretrain(model_cfg: RewardNetConfig, cfg: RewardPretrainConfig, out: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     history, start, data_s = [], time.time(), 0.0
     acc_sum, acc_n, gen_acc = 0.0, 0, [0.0, 0]
+    from .logging import progress_bar
+
+    bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):
         d0 = time.time()
         b = stream.batch(cfg.batch_size)
@@ -655,6 +658,7 @@ def reward_pretrain(model_cfg: RewardNetConfig, cfg: RewardPretrainConfig, out: 
         acc_sum, acc_n = acc_sum + right.sum(), acc_n + len(right)
         gsel = np.array([s == "generator" for s in sources])
         gen_acc = [gen_acc[0] + right[gsel].sum(), gen_acc[1] + gsel.sum()]
+        bar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             el = time.time() - start
             rec = {"step": step + 1, "loss": round(bce.item(), 5), "aux_loss": round(aux.item(), 5),
@@ -678,6 +682,7 @@ def reward_pretrain(model_cfg: RewardNetConfig, cfg: RewardPretrainConfig, out: 
         if out_of_time:
             log(f"the time budget train.max_minutes={cfg.max_minutes} ended the schedule at step {step + 1}")
             break
+    bar.close()
     train_s = time.time() - start
     summary = {"summary": True, "params": n_params, "pool_s": round(pool_s, 1), "train_s": round(train_s, 1),
                "steps_done": history[-1]["step"] if history else 0}

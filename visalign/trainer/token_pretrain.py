@@ -123,6 +123,9 @@ def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, s
         f"{cfg.steps} steps x {cfg.batch_size} on {cfg.device}")
     start, history = time.time(), []
     save = lambda: model.save_pretrained(out, dtype=SAVE_DTYPES[cfg.save_dtype])  # noqa: E731
+    from .logging import progress_bar
+
+    bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):
         batch = next(batches)
         loss, metrics = loss_fn(*batch)
@@ -133,6 +136,7 @@ def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, s
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        bar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             el = time.time() - start
             rec = {"step": step + 1, "loss": round(loss.item(), 5), **metrics, "lr": lr,
@@ -146,6 +150,7 @@ def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, s
             save()
         if out_of_time:
             break
+    bar.close()
     (out / "pretrain_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     return model.cpu().eval()
 

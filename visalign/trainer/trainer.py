@@ -342,6 +342,9 @@ class Trainer:
         self.dist.barrier()
         if self.dist.is_main:
             atomic_write_text(self.run / "recipe.json", json.dumps(resolved, indent=2))
+            from ..report import package_versions  # the report's versions section (of the latest start)
+
+            atomic_write_text(self.run / "versions.json", json.dumps(package_versions(), indent=2))
         self.metrics = MetricsLog(self.run, enabled=self.dist.is_main, resume_iteration=self.iteration if resume else None,
                                   report_to=cfg.report_to, recipe=resolved)
 
@@ -587,7 +590,9 @@ class Trainer:
     def measure_signal(self, batches: int) -> dict:
         """`visalign diagnose`: `batches` independent rollout batches at the current parameters, no update.
         The mean pairwise cosine of their gradients is the signal share of one update (overall and per
-        window of steps); the within-batch split and the reward statistics are averaged over batches."""
+        window of steps); the reward statistics are averaged over batches. One set of numbers (the in-run
+        diagnostics' within-batch estimates of the same share are left out): diagnostics.rounded() gives what
+        the command prints and writes."""
         if batches < 2:
             raise ValueError(f"--batches must be >= 2 to compare independent gradients, got {batches}")
         grads, windows_seen, per_batch = [], [], []
@@ -601,7 +606,7 @@ class Trainer:
             grads.append(self.window_grads(traj, adv, windows, len(traj) / self.cfg.batch_size))
             windows_seen.append(windows)
         pairs = [(i, j) for i in range(batches) for j in range(i + 1, batches)]
-        out = {k: float(np.mean([r[k] for r in per_batch if k in r])) for k in per_batch[0]}
+        out = {k: float(np.mean([r[k] for r in per_batch])) for k in diagnostics.BATCH_STATS}
         out["signal_share"] = float(np.mean([diagnostics.cosine(sum(grads[i]), sum(grads[j])) for i, j in pairs]))
         if all(w == windows_seen[0] for w in windows_seen):  # per-window shares need the same steps in each batch
             for w in range(len(windows_seen[0])):
