@@ -3,8 +3,9 @@ network evaluations (or wall minutes), one table and one page of curves: held-ou
 verifier) vs NFE and vs wall time, per category, and the per-prompt diversity of the samples (a run that
 hacks its reward collapses each prompt onto one picture).
 
-Each algorithm starts from its own recipe (visalign/recipes/geneval-s-<algo>.yaml: its sampler, learning
-rate, batch), with the model, prompt set, seed and budget replaced by the comparison's (or, with
+Each algorithm starts from a recipe that declares it in its `compare:` block (compare.algorithms; the recipe
+written for the compared model, else the algorithm's compare.any_model recipe: its sampler, learning rate, batch;
+recipe_for), with the model, prompt set, seed and budget replaced by the comparison's (or, with
 --budget-recipe, each keeping its recipe's own iterations and evaluation points). A spec may carry
 algorithm options: `grpo:kl_beta=0.04`. Reward-gradient methods (refl, draft, alignprop) train on the learned
 differentiable reward (geneval_s_learned), all others on the verifier; all are judged by the verifier.
@@ -28,32 +29,50 @@ from .config import ConfigError, apply_overrides, build, load_recipe_dict, parse
 from .trainer.checkpoint import atomic_write_text
 from .trainer.logging import read_metrics
 
-RECIPES = {"grpo": "geneval-s-grpo", "ddpo": "geneval-s-ddpo", "dpok": "geneval-s-ddpo", "nft": "geneval-s-nft",
-           "rwr": "geneval-s-rwr", "diffusion_dpo": "geneval-s-diffusion-dpo", "online_dpo": "geneval-s-online-dpo",
-           "refl": "geneval-s-refl", "draft": "geneval-s-draft", "alignprop": "geneval-s-alignprop"}
+def compare_recipes() -> dict[str, list[tuple[str, dict]]]:
+    """algorithm -> [(recipe name, its dict)] of the bundled train recipes whose `compare:` block lists it (the
+    recipes declare what compare runs; nothing here lists algorithms). Two `any_model` recipes of one algorithm are
+    refused: compare could not tell which to start from."""
+    from .config import recipe_names
+
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for r in recipe_names():
+        d = load_recipe_dict(r)
+        block = d.get("compare") or {}
+        if d.get("kind", "train") != "train" or not isinstance(block, dict):
+            continue
+        for algo in block.get("algorithms") or ():
+            out.setdefault(algo, []).append((r, d))
+    for algo, found in out.items():
+        anywhere = [r for r, d in found if d["compare"].get("any_model")]
+        if len(anywhere) > 1:
+            raise ConfigError(f"recipes {', '.join(anywhere)} all say compare.any_model for {algo}; accepted: one")
+    return out
 
 
 def recipe_for(name: str, model: str) -> str:
-    """The recipe an algorithm starts from on `model`: geneval-s-<algo> when it is written for that model, else a
-    GenEval-S recipe of that algorithm written for it (geneval-s-ar-grpo for builtin:shapes-ar: a token policy
-    wants other learning rates and clips than a denoising one), else geneval-s-<algo>."""
-    from .config import recipe_names
-
+    """The recipe an algorithm starts from on `model`, from the recipes' `compare:` blocks: one written for that model
+    (one of the algorithm's own before one that lends it its sampler, as geneval-s-ddpo lends dpok), else the
+    algorithm's `any_model` recipe (geneval-s-grpo for grpo on builtin:shapes-ddpm: its sampler carried over)."""
+    found = compare_recipes().get(name, [])
     base = model.partition("?")[0]
-    if load_recipe_dict(RECIPES[name]).get("model") == base:
-        return RECIPES[name]
-    for r in recipe_names():
-        d = load_recipe_dict(r)
-        if r.startswith("geneval-s") and d.get("kind", "train") == "train" and (d.get("algorithm"), d.get("model")) == (name, base):
-            return r
-    return RECIPES[name]
+    written = sorted((d.get("algorithm") != name, r) for r, d in found if d.get("model") == base)
+    if written:
+        return written[0][1]
+    anywhere = [r for r, d in found if d["compare"].get("any_model")]
+    if not anywhere:
+        raise ConfigError(f"no recipe for {name} on {base}: no recipe's compare block lists {name} with any_model, "
+                          f"nor one written for {base}")
+    return anywhere[0]
 
 
 def parse_spec(spec: str) -> tuple[str, dict, str]:
     """'grpo' | 'grpo:kl_beta=0.04,clip_range=0.2' -> (algorithm, options, label)."""
     name, _, opts = spec.partition(":")
-    if name not in RECIPES:
-        raise ConfigError(f"cannot compare '{name}'; accepted: {', '.join(RECIPES)}")
+    known = compare_recipes()
+    if name not in known:
+        raise ConfigError(f"cannot compare '{name}'; accepted: {', '.join(sorted(known))} (the algorithms of the "
+                          f"recipes' compare blocks)")
     options = {}
     for item in filter(None, opts.split(",")):
         key, value = parse_override(item)

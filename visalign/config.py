@@ -359,7 +359,7 @@ class TrainConfig:
     epochs: PositiveInt = 1  # passes over one rollout batch
     minibatches: PositiveInt = 1  # optimizer steps per pass; the batch is split into this many parts
     lr: PositiveFloat = 1e-4
-    lr_schedule: str = "constant"  # constant | cosine (over `iterations`, after warmup)
+    lr_schedule: str = "constant"  # constant | cosine (over `iterations`, after warmup; math/schedules.py: lr_factor)
     warmup_iterations: NonNegativeInt = 0
     weight_decay: NonNegativeFloat = 0.0
     adam_betas: tuple[DecayFloat, DecayFloat] = (0.9, 0.999)
@@ -470,6 +470,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """How `visalign compare` uses this recipe (visalign/compare.py): as the starting point (sampler, learning rate,
+    batch) of the algorithms listed, on the recipe's own model, and with `any_model` also on a model that no recipe
+    of the algorithm is written for. A bundled recipe with this block joins compare; nothing else lists them."""
+
+    algorithms: tuple[str, ...] = ()  # the algorithms compare may start from this recipe (its own, and others that
+    # share its sampler and learning rate, e.g. [ddpo, dpok]); [] = compare does not use this recipe
+    any_model: bool = False  # also on models no recipe of these algorithms is written for (at most one such recipe
+    # per algorithm; its sampler is carried over to the model's family)
+
+    def __post_init__(self):
+        if self.any_model and not self.algorithms:
+            raise ConfigError("compare.any_model needs compare.algorithms: the algorithms compare starts from here")
+
+
+@dataclass(frozen=True)
 class TrainRecipe:
     name: str
     description: str = ""
@@ -485,13 +501,42 @@ class TrainRecipe:
     data: str = ""  # offline algorithms (diffusion_dpo): a pairs dataset directory made by `visalign make-pairs`
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)  # what `visalign compare` starts from this recipe
 
 
 def load_train_recipe(name_or_path: str, overrides: list[str] | None = None) -> tuple[TrainRecipe, dict]:
-    """-> (the checked recipe, the resolved dict it was built from)."""
+    """-> (the checked recipe, the resolved dict it was built from). Every option is checked here, before any
+    weights load (check_recipe_options)."""
     data = apply_overrides(load_recipe_dict(name_or_path), overrides or [])
     kind = data.pop("kind", "train")
     if kind != "train":
         raise ConfigError(f"recipe '{name_or_path}' is a {kind} recipe; `visalign train` takes train recipes")
     recipe = build(TrainRecipe, data)
+    check_recipe_options(recipe)
     return recipe, dataclasses.asdict(recipe)
+
+
+def check_recipe_options(recipe: TrainRecipe) -> None:
+    """A train recipe's options, checked without loading any weights (the names resolved in the registries, a
+    `module:Name` imported): `algorithm_options` against the algorithm's config dataclass, `reward_options`
+    against the reward factory's signature, `model_options` (and a spec's own) against the model factory's, and
+    `sampling` against the Sampling dataclass of the model's family. The family is known cheaply for the built-in
+    models, a diffusers pipeline whose model_index.json is local or in the hub cache, a saved built-in folder and
+    a `module:factory` that sets `factory.family` (models/registry.py: model_family); for any other model (a hub id
+    not downloaded yet, a factory without `family`) `sampling` is checked when the model has loaded (Trainer)."""
+    from .algorithms.base import ALGORITHMS
+    from .models.registry import check_model_options, model_family, with_options
+    from .policies import POLICY_FAMILIES
+    from .rewards.base import REWARDS
+
+    algorithm = ALGORITHMS.get(recipe.algorithm)
+    build(algorithm.config_cls, recipe.algorithm_options, f"algorithm.{recipe.algorithm}")
+    check_options(REWARDS.get(recipe.reward), recipe.reward_options, f"reward '{recipe.reward}'")
+    try:
+        spec = with_options(recipe.model, recipe.model_options)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    check_model_options(spec)
+    family = model_family(spec)
+    if family in POLICY_FAMILIES:
+        build(POLICY_FAMILIES[family].Sampling, recipe.sampling, "sampling")

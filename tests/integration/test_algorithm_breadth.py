@@ -157,7 +157,7 @@ def test_compare_runs_each_algorithm_on_one_budget(tmp_path, capsys):
     assert "held-in gain" in md and "diversity base" in md and (out / "compare.html").exists()
     capsys.readouterr()
     assert main(["compare", "nft", "bogus", "--budget-nfe", "10", "--out", str(out)]) == 2
-    assert "cannot compare 'bogus'; accepted: grpo," in capsys.readouterr().err
+    assert "cannot compare 'bogus'; accepted: alignprop, ddpo," in capsys.readouterr().err
     assert main(["compare", "nft", "--out", str(out)]) == 2
     assert "give a budget" in capsys.readouterr().err
 

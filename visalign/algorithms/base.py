@@ -12,7 +12,18 @@ import torch
 from ..registry import Registry
 from ..types import StepLogProb, Trajectory
 
-ALGORITHMS = Registry("algorithm")
+
+def _algorithm_class(obj) -> str | None:
+    """What ALGORITHMS holds: an Algorithm subclass with a config_cls (its options' dataclass)."""
+    if not (isinstance(obj, type) and issubclass(obj, Algorithm)):
+        return f"is {'the class ' + obj.__name__ if isinstance(obj, type) else 'a ' + type(obj).__name__}, not a " \
+               f"visalign.algorithms.Algorithm subclass"
+    if obj.config_cls is None:
+        return f"({obj.__name__}) has no config_cls: a frozen dataclass of its options"
+    return None
+
+
+ALGORITHMS = Registry("algorithm", check=_algorithm_class)
 
 # reference(traj, steps) -> StepLogProb under the frozen reference policy (no grad)
 ReferenceFn = Callable[[Trajectory, int], StepLogProb]

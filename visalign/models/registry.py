@@ -17,13 +17,25 @@ import numpy as np
 
 from ..config import NonNegativeFloat, PositiveInt, Range, check_options
 from ..images import tensor_to_images
-from ..registry import Registry, split_spec
+from ..protocols import adapter_problem
+from ..registry import Registry, is_module_spec, split_spec
 from ..world import grammar, render
 from .builtin import ShapesDiffusionAdapter, ShapesFlowAdapter, ShapesModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
-MODELS = Registry("model")
+def _model_factory(obj) -> str | None:
+    """What MODELS holds: a function or class that builds an adapter (or a generator); not a built object."""
+    import inspect
+
+    if isinstance(obj, type) or inspect.isroutine(obj):  # a factory may carry a `family` (load_train_recipe reads it)
+        return None
+    if callable(obj) and not hasattr(obj, "family") and not hasattr(obj, "generate"):
+        return None
+    return f"is a {type(obj).__name__}, not a function or class that returns a model adapter"
+
+
+MODELS = Registry("model", check=_model_factory)
 
 
 def check_batch(prompts, seeds) -> None:
@@ -173,7 +185,8 @@ def is_world_model(spec: str) -> bool:
     a typo): every model but a user's `diffusers:` pipeline, which takes any prompt. The bundled pipelines count
     as world models: their tokenizer knows only the world's words and would split any other into meaningless
     pieces, silently."""
-    return not spec.split("?", 1)[0].startswith(DIFFUSERS_PREFIX)
+    name = spec.split("?", 1)[0]
+    return not (name.startswith(DIFFUSERS_PREFIX) or is_module_spec(name))  # a user's own model: any prompt too
 
 
 def with_options(spec: str, options: dict) -> str:
@@ -228,6 +241,73 @@ def _folder_options(device: str = "cpu"):
     """The options of a saved built-in model folder (ShapesModel.from_pretrained's, but its path)."""
 
 
+# the families of the built-in factories (their `family` attribute: load_train_recipe reads it to check a recipe's
+# sampling keys before anything loads; a user's `module:factory` may set one the same way)
+for _factory, _family in ((_shapes_flow, "flow"), (_shapes_ddpm, "diffusion"), (_text_flow, "flow"),
+                          (_shapes_ar, "autoregressive"), (_text_ar, "autoregressive"), (_shapes_sd3, "flow"),
+                          (_shapes_sd15, "diffusion")):
+    _factory.family = _family
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "diffusion", "StableDiffusionXLPipeline": "diffusion",
+                     "StableDiffusion3Pipeline": "flow", "FluxPipeline": "flow"}  # model_index.json's _class_name
+
+
+def _pipeline_family(source: str) -> str | None:
+    """A diffusers pipeline's family from its model_index.json: a local folder's, or a hub id's in the local cache."""
+    import json
+
+    index = Path(source).expanduser() / "model_index.json"
+    if not index.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "model_index.json")
+        except Exception:  # noqa: BLE001 - not a repo id, no cache: the family is simply not known yet
+            return None
+        if not isinstance(cached, str):
+            return None
+        index = Path(cached)
+    try:
+        return PIPELINE_FAMILIES.get(json.loads(index.read_text()).get("_class_name"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def model_family(spec: str) -> str | None:
+    """The policy family of a model spec without loading its weights: a factory's declared `family` (the built-ins,
+    and a `module:factory` that sets one), a diffusers pipeline's model_index.json (local, or in the hub cache), a
+    saved built-in folder's config. None when that cannot be known cheaply (a hub id not in the cache, a factory
+    declaring none, the oracle, which is no policy)."""
+    import json
+
+    name, _ = split_spec(spec)
+    if name.startswith(DIFFUSERS_PREFIX):
+        return _pipeline_family(name[len(DIFFUSERS_PREFIX):])
+    if name in MODELS or is_module_spec(name):
+        family = getattr(MODELS.get(name), "family", None)
+        return family if isinstance(family, str) else None
+    folder = Path(name)
+    if folder.is_dir():
+        from .ar import TOKENIZER_DIR
+
+        if (folder / TOKENIZER_DIR).is_dir():
+            return "autoregressive"
+        try:
+            prediction = json.loads((folder / "config.json").read_text()).get("prediction")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return {"velocity": "flow", None: None}.get(prediction, "diffusion")
+    return None
+
+
+def check_model_options(spec: str) -> None:
+    """A model spec's options against its factory's signature (typed, unknown names refused), without building it:
+    a registered name or a `module:factory`; a folder's and a diffusers pipeline's options are checked when loaded."""
+    name, opts = split_spec(spec)
+    if name.startswith(DIFFUSERS_PREFIX) or not (name in MODELS or is_module_spec(name)):
+        return
+    check_options(MODELS.get(name), opts, f"model '{name}'")
+
+
 def load_model(spec: str):
     """'name' or 'name?key=value&...' -> what the name's factory builds (a model adapter, or a generator
     for the oracle). A directory path loads a built-in model saved with save_pretrained."""
@@ -253,9 +333,13 @@ def load_model(spec: str):
     factory = MODELS.get(name)
     opts = check_options(factory, opts, f"model '{name}'")  # typed from its signature: ?steps=abc is one line
     try:
-        return factory(**opts)
+        model = factory(**opts)
     except TypeError as e:
         raise ValueError(f"model '{name}' does not take options {sorted(opts)}: {e}") from None
+    problem = None if hasattr(model, "generate") else adapter_problem(model)
+    if problem:  # a `module:factory`'s product is only known once built
+        raise ValueError(f"model '{name}' built a {type(model).__name__}, which {problem}")
+    return model
 
 
 SAMPLER_OPTIONS = ("kind", "eta", "noise_level", "shift")  # fields of a family's Sampling, where it has them

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..math.sde import StepOutput, ddim_step, predicted_x0_eps
+from ..protocols import optional
 from .denoising import DenoisingPolicy, check_sampling, draw_generators
 
 DIFFUSION_KINDS = ("ddim", "ode")
@@ -60,11 +61,11 @@ class DiffusionPolicy(DenoisingPolicy):
         ab = sched["alpha_bars"]
         return ddim_step(x, pred, ab[i], ab[i + 1], eta=s.eta if stochastic else 0.0,
                          prediction_type=self.adapter.prediction_type, noise=noise, prev_sample=prev_sample,
-                         clip_sample=getattr(self.adapter, "clip_sample", None))
+                         clip_sample=optional(self.adapter, "clip_sample"))
 
     def _x0_math(self, x, i, pred, sched):
         x0, _ = predicted_x0_eps(x, pred, sched["alpha_bars"][i], self.adapter.prediction_type)
-        c = getattr(self.adapter, "clip_sample", None)
+        c = optional(self.adapter, "clip_sample")
         return x0.clamp(-c, c) if c else x0
 
     def _noise_to(self, x0, i, sched, eps):

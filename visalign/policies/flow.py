@@ -9,6 +9,7 @@ import torch
 
 from ..config import NonNegativeFloat, PositiveFloat
 from ..math.sde import FLOW_KINDS, StepOutput, flow_sde_step, sigma_schedule
+from ..protocols import optional
 from .denoising import DenoisingPolicy, check_sampling, draw_generators
 
 
@@ -39,7 +40,7 @@ class FlowPolicy(DenoisingPolicy):
         return mask
 
     def schedule(self, s) -> dict:
-        shift = s.shift if s.shift is not None else getattr(self.adapter, "default_shift", 1.0)
+        shift = s.shift if s.shift is not None else optional(self.adapter, "default_shift")
         sigmas = sigma_schedule(s.steps, shift)
         first_below_1 = float(sigmas[sigmas < 1].max()) if bool((sigmas < 1).any()) else 0.999
         return {"sigmas": sigmas, "sigma_max": first_below_1}

@@ -9,10 +9,20 @@ import functools
 import torch
 
 from ..config import check_options
-from ..registry import Registry, split_spec
+from ..registry import Registry, is_module_spec, split_spec
 from ..types import RewardOutput
 
-REWARDS = Registry("reward")
+
+def _reward_factory(obj) -> str | None:
+    """What REWARDS holds: a Reward subclass or a function that builds one (a Reward instance is not a factory)."""
+    if isinstance(obj, Reward):
+        return f"is a {type(obj).__name__} instance; name its class or a function that returns one"
+    if isinstance(obj, type):
+        return None if issubclass(obj, Reward) else f"is the class {obj.__name__}, not a visalign.rewards.Reward subclass"
+    return None if callable(obj) else f"is a {type(obj).__name__}, not a Reward subclass or a function returning a Reward"
+
+
+REWARDS = Registry("reward", check=_reward_factory)
 ACCEPTED = "[B, 3, H, W] float in [-1, 1]"
 # Decoders clamp to [-1, 1]; a resize or a finite-difference step may overshoot by a hair. 1e-2 is ~1.3 grey
 # levels: far below [0, 255] images or an unclamped decoder, which would be silently clamped by most rewards.
@@ -139,9 +149,13 @@ def load_reward(name: str, **options) -> Reward:
     factory = REWARDS.get(name)
     options = check_options(factory, options, f"reward '{name}'")
     try:
-        return factory(**options)
+        reward = factory(**options)
     except TypeError as e:
         raise ValueError(f"reward '{name}' does not take options {sorted(options)}: {e}") from None
+    if is_module_spec(name) and not isinstance(reward, Reward):  # a `module:function` is known by what it returns
+        raise ValueError(  # noqa: TRY004 - a recipe's mistake: the CLI prints ValueErrors as one line
+            f"reward '{name}' returned a {type(reward).__name__}, not a visalign.rewards.Reward")
+    return reward
 
 
 def load_reward_spec(spec: str) -> Reward:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..config import OPTIMIZERS, ConfigError
+from ..protocols import optional
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
@@ -44,7 +45,7 @@ CHECKPOINTING_MODELS = ("builtin:shapes-flow, builtin:shapes-ddpm, builtin:text-
 
 def enable_gradient_checkpointing(adapter, model: str) -> None:
     """train.gradient_checkpointing=true: the adapter's own, or one line naming the models that have it."""
-    enable = getattr(adapter, "enable_gradient_checkpointing", None)
+    enable = optional(adapter, "enable_gradient_checkpointing")
     if enable is None:
         raise ConfigError(f"train.gradient_checkpointing: model '{model}' has no gradient checkpointing; supported: "
                           f"{CHECKPOINTING_MODELS}")

@@ -12,7 +12,6 @@ the end (cosine) so that the final weights are the model: no EMA copy that fine-
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from ..config import PretrainConfig
 from ..images import images_to_tensor
 from ..math import schedules
+from ..math.schedules import lr_factor
 from ..models.builtin import ShapesModel, ShapesModelConfig
 from ..world import grammar, render, text
 from ..world.vocab import CATEGORIES
@@ -82,12 +82,8 @@ def denoising_loss(model: ShapesModel, x0: torch.Tensor, prompts: list[str], t: 
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+    """The learning rate of 0-based step `step` (math/schedules.py: lr_factor)."""
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
 
 
 def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path, log=print,

@@ -21,7 +21,6 @@ prompts: the bundled generators' evaluation samples (visalign.evaluate's items) 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
 from ..images import images_to_tensor
+from ..math.schedules import lr_factor
 from ..models.reward_net import RewardNet, RewardNetConfig
 from ..world import grammar, render, verify
 from ..world.grammar import ObjectSpec, PromptError, Spec
@@ -597,12 +597,7 @@ def progress(step: int, elapsed_s: float, cfg: RewardPretrainConfig) -> float:
 
 def lr_at(step: int, cfg: RewardPretrainConfig, p: float | None = None) -> float:
     """Linear warmup over warmup_steps, then cosine decay to 0 at progress p = 1 (default: step / steps)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    p0 = cfg.warmup_steps / cfg.steps
-    p = step / cfg.steps if p is None else p
-    q = min(max((p - p0) / max(1e-9, 1 - p0), 0.0), 1.0)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * q))
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, "cosine", p)
 
 
 def reward_pretrain(model_cfg: RewardNetConfig, cfg: RewardPretrainConfig, out: str | Path, log=print) -> RewardNet:

@@ -11,7 +11,6 @@ The learning rate warms up then decays to 0 (cosine); the final weights are the 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from ..config import ConfigError, DecayFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
 from ..images import images_to_tensor
+from ..math.schedules import lr_factor
 from ..world import plan as plan_lang
 from ..world import render
 from ..world.vocab import CATEGORIES
@@ -104,10 +104,10 @@ def _batches(make, cfg: TokenPretrainConfig):
 def _lr(step: int, elapsed: float, cfg: TokenPretrainConfig) -> float:
     """Warmup, then cosine (or constant) over the run's progress: the larger of the share of steps done and,
     with a time budget, the share of max_minutes spent, so a budgeted run still anneals to 0 at its end."""
-    if cfg.max_minutes <= 0 or step < cfg.warmup_steps:
+    if cfg.max_minutes <= 0:
         return lr_at(step, cfg)
-    p = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), elapsed / (60 * cfg.max_minutes))
-    return cfg.lr if cfg.lr_schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+    progress = max(step / cfg.steps, elapsed / (60 * cfg.max_minutes))
+    return cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule, progress)
 
 
 def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, stream):

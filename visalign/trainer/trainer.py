@@ -27,10 +27,12 @@ from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
 from ..evaluate import diversity, eval_items, evaluate, evaluate_reward, reward_scores
 from ..images import save_grid
+from ..math.schedules import lr_factor
 from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
 from ..policies import make_policy, policy_class
 from ..prompts import PromptSet, load_prompt_set
+from ..protocols import optional
 from ..rewards import load_reward, load_reward_spec
 from ..runfolder import RunLock
 from . import diagnostics
@@ -51,7 +53,8 @@ from .memory import enable_gradient_checkpointing, make_optimizer
 
 # Recipe keys that may change when a run is resumed (they do not change what was computed so far).
 RESUMABLE_CHANGES = ("train.iterations", "train.eval_every", "train.checkpoint_every", "train.report_to",
-                     "train.gradient_checkpointing", "train.keep_checkpoints", "train.fsdp")
+                     "train.gradient_checkpointing", "train.keep_checkpoints", "train.fsdp", "compare.algorithms",
+                     "compare.any_model")
 
 
 class TrainingStopped(RuntimeError):
@@ -207,14 +210,9 @@ def _seed(*parts: int) -> int:
     return int(np.random.default_rng(list(parts)).integers(0, 2**62))
 
 
-def lr_factor(iteration: int, cfg) -> float:
-    """Multiplier of cfg.lr at a 1-based iteration: linear warmup, then constant or cosine to 0."""
-    if iteration <= cfg.warmup_iterations:
-        return iteration / max(1, cfg.warmup_iterations)
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    p = (iteration - cfg.warmup_iterations) / max(1, cfg.iterations - cfg.warmup_iterations)
-    return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+def lr_at(iteration: int, cfg: TrainConfig) -> float:
+    """The learning rate of a 1-based iteration (math/schedules.py: lr_factor of the 0-based step)."""
+    return cfg.lr * lr_factor(iteration - 1, cfg.iterations, cfg.warmup_iterations, cfg.lr_schedule)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -280,7 +278,7 @@ class Trainer:
         adapter = load_model(with_options(recipe.model, recipe.model_options))
         if not hasattr(adapter, "module"):
             raise ValueError(f"model '{recipe.model}' is not trainable (it has no network); choose a model adapter")
-        if hasattr(adapter, "to"):  # adapters with frozen parts (text encoders, VAE) move them too
+        if optional(adapter, "to") is not None:  # adapters with frozen parts (text encoders, VAE) move them too
             adapter.to(self.dist.device)
         self.adapter = adapter
         self.module = adapter.module.to(self.dist.device)
@@ -308,7 +306,7 @@ class Trainer:
                 ref = AutocastAdapter(ref_adapter, self.dist.autocast)
                 self.ref_policy = make_policy(InstrumentedAdapter(ref, self.sw, self.instrumented), self.sampling)
         # FSDP (distributed.py): shard the network per block, and the reference copy too; the Parameters change
-        methods = tuple(getattr(adapter, "network_methods", ()))  # the module's methods the adapter calls
+        methods = tuple(optional(adapter, "network_methods"))  # the module's methods the adapter calls
         self.params = self.dist.shard_network(self.module, self.params, methods)
         if self.ref_policy is not None:
             self.dist.shard_network(ref_adapter.module, [], methods)
@@ -407,7 +405,115 @@ class Trainer:
             raise ValueError(f"{algo.name} trains on pairs: set train.group_size=2, got {cfg.group_size}")
         return PairDataset(recipe.data)
 
-    # ------------------------------------------------------------------------------------------ stages
+    # ---------------------------------------------------------------------------------------- the loop
+
+    def train(self) -> list[dict]:
+        """Train to train.iterations (or the budget) -> the metrics records. Ctrl-C ends it as TrainingInterrupted,
+        naming where it stopped and the checkpoint it resumes from; the run folder is unlocked however it ends."""
+        try:
+            return self._train()
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+        finally:
+            self.release_run()
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """Where a Ctrl-C left the run: the iteration it was in and the checkpoint --resume goes on from."""
+        try:
+            ck = find_checkpoint(self.run)[0].name
+        except ResumeError:  # none written yet: the run starts again from the beginning
+            return TrainingInterrupted(f"interrupted at iteration {self.iteration + 1}, before the first checkpoint")
+        return TrainingInterrupted(f"interrupted at iteration {self.iteration + 1}; the last checkpoint is {ck}",
+                                   resumable=True)
+
+    def _train(self) -> list[dict]:
+        cfg = self.cfg
+        records = []
+        if self.iteration == 0:
+            rec = {"iteration": 0, "reward_mean": None, "loss": None, "nfe": 0, "wall_s": 0.0, **self.evaluate(0)}
+            rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
+            self.metrics.write(rec)
+            records.append(rec)
+            exact = (f", exact reading {rec['eval_exact']:.3f}, extra objects {rec['eval_extra']:.2f}"
+                     if "eval_exact" in rec else "")
+            self.log(f"iteration 0: held-out {self.eval_label} {rec.get('eval_overall', float('nan')):.3f}{exact}")
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="train", dynamic_ncols=True)
+        try:
+            for it in range(self.iteration + 1, cfg.iterations + 1):
+                nfe_before = self.nfe
+                rec = self.train_iteration(it)
+                rec["wall_s"] = round(self.wall + sum(rec.pop("_times").values()), 3)
+                last = it == cfg.iterations or self.budget_spent(rec)
+                by_nfe = cfg.eval_every_nfe and self.nfe // cfg.eval_every_nfe > nfe_before // cfg.eval_every_nfe
+                if it % cfg.eval_every == 0 or last or by_nfe:
+                    rec.update(self.evaluate(it))
+                rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
+                self.wall = rec["wall_s"]
+                self.iteration = it
+                self.metrics.write(rec)
+                records.append(rec)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", **({"eval": f"{rec['eval_overall']:.3f}"} if "eval_overall" in rec else {}))
+                if it % cfg.checkpoint_every == 0 or last:
+                    self.save()
+                if last:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        return records
+
+    def budget_spent(self, rec: dict) -> bool:
+        """train.budget_nfe / budget_minutes reached (decided together: wall times differ between ranks)."""
+        cfg = self.cfg
+        spent = (cfg.budget_nfe and rec["nfe"] >= cfg.budget_nfe) or (
+            cfg.budget_minutes and rec["wall_s"] >= 60 * cfg.budget_minutes)
+        if spent:
+            rec["budget_spent"] = True
+        return self.dist.all_reduce_mean(torch.tensor(float(bool(spent)))).item() > 0
+
+    # ----------------------------------------------------------------------------------- one iteration
+
+    def train_iteration(self, it: int) -> dict:
+        start = time.perf_counter()
+        nfe0 = self.instrumented.nfe
+        traj, prompts_all, rewards_all, local = self.rollout(it)
+        rec = {"iteration": it, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std(unbiased=False))}
+        rec.update(getattr(self, "reward_details", {}) if self.pairs is None else {})  # per-component means (combine)
+        if not bool(torch.isfinite(rewards_all).all()):
+            self._bad(f"iteration {it}: non-finite reward; update skipped")
+            rec["loss"] = None
+        else:
+            with self.sw("advantages"):
+                adv_all = self.algorithm.advantages(rewards_all.cpu(), prompts_all, self.cfg.group_size)
+            if self.cfg.diagnose_every and it % self.cfg.diagnose_every == 0:
+                with self.sw("diagnose"):
+                    rec.update(self.diagnose(it, traj, rewards_all.cpu(), adv_all, local))
+            with self.sw("update"):
+                rec.update(self.update(it, traj, adv_all[local].to(self.dist.device)))
+        local_nfe = torch.tensor(float(self.instrumented.nfe - nfe0))
+        self.nfe += int(self.dist.all_reduce_mean(local_nfe).item() * self.dist.world_size)
+        rec["nfe"] = self.nfe
+        rec["lr"] = lr_at(it, self.cfg)
+        rec["_times"] = {"iteration": time.perf_counter() - start}  # training only: evaluation is not wall time
+        return rec
+
+    def _bad(self, message: str) -> None:
+        self.bad_updates += 1
+        self.log(f"warning: {message} ({self.bad_updates} in a row, stop at {self.cfg.max_bad_updates})")
+        if self.bad_updates >= self.cfg.max_bad_updates:
+            raise TrainingStopped(
+                f"stopped after {self.bad_updates} consecutive non-finite updates (train.max_bad_updates="
+                f"{self.cfg.max_bad_updates}); lower train.lr or check the reward"
+            )
+
+    # ----------------------------------------------------------------------------------------- rollout
 
     def rollout(self, it: int):
         if self.pairs is not None:
@@ -441,73 +547,39 @@ class Trainer:
         traj.extras["group_size"] = 2
         return traj, prompts_all, pref.to(self.dist.device), local
 
-    def minibatch_rows(self, b: int, k: int) -> torch.Tensor:
-        """The local samples of minibatch k of M: those j with j mod M == k, or, for algorithms whose loss
-        couples a group's samples, the whole groups g with g mod M == k."""
-        m = self.cfg.minibatches
-        if not self.algorithm.keeps_groups:
-            return torch.arange(k, b, m)
+    # ----------------------------------------------------- advantages: the gradient-signal diagnostics
+
+    def diagnose(self, it: int, traj, rewards_all, adv_all, local, warn: bool = True) -> dict:
+        """Signal share of this update: the cosine between the gradients of the even and the odd groups
+        (disjoint rollouts, same parameters), per window of steps; plus reward statistics (diagnostics.py)."""
         g = self.cfg.group_size
-        return (torch.arange(k, b // g, m)[:, None] * g + torch.arange(g)).flatten()
-
-    def update(self, it: int, traj, advantages: torch.Tensor) -> dict:
-        """epochs x minibatches optimizer steps over the minibatches of minibatch_rows()."""
-        cfg, algo = self.cfg, self.algorithm
-        b = len(traj)
-        losses, stats = [], {}
-        for epoch in range(cfg.epochs):
-            gen = torch.Generator().manual_seed(_seed(cfg.seed, it, epoch))
-            for k in range(cfg.minibatches):
-                idx = self.minibatch_rows(b, k)
-                sub, adv = traj.select(idx), advantages[idx]
-                steps = algo.train_steps(sub, gen)
-                self.optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for rows, chunk, weight in self.pieces(len(sub), steps):
-                    ref = self.reference if algo.uses_reference else None
-                    part = sub if len(rows) == len(sub) else sub.select(rows)
-                    loss, m = algo.step_loss(self.policy, part, adv[rows], chunk, ref,
-                                             old=self.old.swapped if self.old else None)
-                    with self.sw("model"):
-                        self.dist.backward(loss * weight)  # fp16: scaled
-                    total += loss.item() * weight
-                    for key, v in m.items():
-                        stats.setdefault(key, []).append(v)
-                # the model ran many times outside any DDP wrapper: sync once, now (distributed.py says why)
-                self.dist.reduce_gradients(self.params)
-                gnorm = self.dist.clip_grad_norm_(self.optimizer, self.params, cfg.grad_clip)  # fp16: unscaled first
-                finite = torch.tensor([float(math.isfinite(total)), float(bool(torch.isfinite(gnorm)))])  # [2]
-                loss_ok, grad_ok = (self.dist.all_reduce_mean(finite) == 1).tolist()  # every rank decides together
-                if not loss_ok or not (grad_ok or self.dist.scales_loss):  # fp16 overflow: the scaler's to skip
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self._bad(f"iteration {it}: non-finite loss or gradient ({total}); update skipped")
-                    continue
-                for g in self.optimizer.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(it, cfg)
-                if not self.dist.step(self.optimizer):  # fp16: inf gradients, the scaler lowered its scale
-                    self.optimizer.zero_grad(set_to_none=True)
-                    continue
-                for average in (self.old, self.ema):
-                    if average is not None:
-                        average.update()
-                self.bad_updates = 0
-                losses.append(total)
-                stats.setdefault("grad_norm", []).append(float(gnorm))
-        out = {k: float(np.mean(v)) for k, v in stats.items()}
-        out["loss"] = float(self.dist.all_reduce_mean(torch.tensor(np.mean(losses) if losses else float("nan"))))
-        return out
-
-    def pieces(self, n: int, steps: list[int]):
-        """Split the loss over n samples x the trained steps into network forwards: micro-batches of
-        train.micro_batch samples x chunks of train.step_chunk steps (0: all at once). -> (sample rows [k],
-        steps, weight of that piece's mean loss in the whole mean)."""
-        m = self.cfg.micro_batch or n or 1
-        c = self.cfg.step_chunk or len(steps) or 1
-        for i in range(0, n, m):
-            rows = torch.arange(i, min(i + m, n))
-            for j in range(0, len(steps), c):
-                chunk = steps[j : j + c]
-                yield rows, chunk, len(rows) / n * len(chunk) / len(steps)
+        rec = diagnostics.reward_stats(rewards_all, g)
+        rec["diag_ess"] = diagnostics.advantage_ess(adv_all)
+        n_groups = len(rewards_all) // g
+        windows = self.algorithm.diagnostic_windows(traj)
+        if n_groups < 2 or not windows:
+            return rec
+        adv = adv_all[local].to(self.dist.device)
+        group = torch.arange(local.start, local.stop) // g  # [B_local] global group index
+        halves = []
+        for h in (0, 1):
+            idx = torch.nonzero(group % 2 == h).flatten()
+            n_half = g * len(range(h, n_groups, 2))
+            halves.append(self.window_grads(traj.select(idx), adv[idx], windows, len(idx) / n_half, spare=traj))
+        for i, (a, b) in enumerate(zip(*halves)):
+            rec[f"diag_cos_{diagnostics.window_name(i, len(windows))}"] = diagnostics.cosine(a, b)
+        cos = diagnostics.cosine(sum(halves[0]), sum(halves[1]))
+        rec["diag_grad_cos"], rec["diag_signal_share"] = cos, diagnostics.combined_share(cos)
+        # one split is a noisy estimate of a small number: judge the run by the mean over its diagnostics,
+        # and warn only when even its upper confidence bound adds up to too little over the run
+        self.diag_cos.append(cos)
+        share = diagnostics.combined_share(float(np.mean(self.diag_cos)))
+        rec["diag_signal_share_mean"] = share
+        rec["diag_run_signal_share"] = diagnostics.run_share(share, self.optimizer_steps)
+        upper = diagnostics.upper_cosine(self.diag_cos)
+        if warn and upper is not None:
+            self.warn_low_signal(it, diagnostics.combined_share(upper), bound=True)
+        return rec
 
     def window_grads(self, traj, advantages, windows: list[list[int]], weight: float,
                      spare=None) -> list[torch.Tensor]:
@@ -543,38 +615,6 @@ class Trainer:
             with self.sw("model"):
                 (loss * 0.0).backward()
         self.instrumented.nfe = nfe
-
-    def diagnose(self, it: int, traj, rewards_all, adv_all, local, warn: bool = True) -> dict:
-        """Signal share of this update: the cosine between the gradients of the even and the odd groups
-        (disjoint rollouts, same parameters), per window of steps; plus reward statistics (diagnostics.py)."""
-        g = self.cfg.group_size
-        rec = diagnostics.reward_stats(rewards_all, g)
-        rec["diag_ess"] = diagnostics.advantage_ess(adv_all)
-        n_groups = len(rewards_all) // g
-        windows = self.algorithm.diagnostic_windows(traj)
-        if n_groups < 2 or not windows:
-            return rec
-        adv = adv_all[local].to(self.dist.device)
-        group = torch.arange(local.start, local.stop) // g  # [B_local] global group index
-        halves = []
-        for h in (0, 1):
-            idx = torch.nonzero(group % 2 == h).flatten()
-            n_half = g * len(range(h, n_groups, 2))
-            halves.append(self.window_grads(traj.select(idx), adv[idx], windows, len(idx) / n_half, spare=traj))
-        for i, (a, b) in enumerate(zip(*halves)):
-            rec[f"diag_cos_{diagnostics.window_name(i, len(windows))}"] = diagnostics.cosine(a, b)
-        cos = diagnostics.cosine(sum(halves[0]), sum(halves[1]))
-        rec["diag_grad_cos"], rec["diag_signal_share"] = cos, diagnostics.combined_share(cos)
-        # one split is a noisy estimate of a small number: judge the run by the mean over its diagnostics,
-        # and warn only when even its upper confidence bound adds up to too little over the run
-        self.diag_cos.append(cos)
-        share = diagnostics.combined_share(float(np.mean(self.diag_cos)))
-        rec["diag_signal_share_mean"] = share
-        rec["diag_run_signal_share"] = diagnostics.run_share(share, self.optimizer_steps)
-        upper = diagnostics.upper_cosine(self.diag_cos)
-        if warn and upper is not None:
-            self.warn_low_signal(it, diagnostics.combined_share(upper), bound=True)
-        return rec
 
     @property
     def optimizer_steps(self) -> int:
@@ -621,14 +661,77 @@ class Trainer:
                                                         self.cfg.lr, self.cfg.min_signal_share)
         return out
 
-    def _bad(self, message: str) -> None:
-        self.bad_updates += 1
-        self.log(f"warning: {message} ({self.bad_updates} in a row, stop at {self.cfg.max_bad_updates})")
-        if self.bad_updates >= self.cfg.max_bad_updates:
-            raise TrainingStopped(
-                f"stopped after {self.bad_updates} consecutive non-finite updates (train.max_bad_updates="
-                f"{self.cfg.max_bad_updates}); lower train.lr or check the reward"
-            )
+    # ------------------------------------------------------------------------------------------ update
+
+    def update(self, it: int, traj, advantages: torch.Tensor) -> dict:
+        """epochs x minibatches optimizer steps over the minibatches of minibatch_rows()."""
+        cfg, algo = self.cfg, self.algorithm
+        b = len(traj)
+        losses, stats = [], {}
+        for epoch in range(cfg.epochs):
+            gen = torch.Generator().manual_seed(_seed(cfg.seed, it, epoch))
+            for k in range(cfg.minibatches):
+                idx = self.minibatch_rows(b, k)
+                sub, adv = traj.select(idx), advantages[idx]
+                steps = algo.train_steps(sub, gen)
+                self.optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for rows, chunk, weight in self.pieces(len(sub), steps):
+                    ref = self.reference if algo.uses_reference else None
+                    part = sub if len(rows) == len(sub) else sub.select(rows)
+                    loss, m = algo.step_loss(self.policy, part, adv[rows], chunk, ref,
+                                             old=self.old.swapped if self.old else None)
+                    with self.sw("model"):
+                        self.dist.backward(loss * weight)  # fp16: scaled
+                    total += loss.item() * weight
+                    for key, v in m.items():
+                        stats.setdefault(key, []).append(v)
+                # the model ran many times outside any DDP wrapper: sync once, now (distributed.py says why)
+                self.dist.reduce_gradients(self.params)
+                gnorm = self.dist.clip_grad_norm_(self.optimizer, self.params, cfg.grad_clip)  # fp16: unscaled first
+                finite = torch.tensor([float(math.isfinite(total)), float(bool(torch.isfinite(gnorm)))])  # [2]
+                loss_ok, grad_ok = (self.dist.all_reduce_mean(finite) == 1).tolist()  # every rank decides together
+                if not loss_ok or not (grad_ok or self.dist.scales_loss):  # fp16 overflow: the scaler's to skip
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._bad(f"iteration {it}: non-finite loss or gradient ({total}); update skipped")
+                    continue
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr_at(it, cfg)
+                if not self.dist.step(self.optimizer):  # fp16: inf gradients, the scaler lowered its scale
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                for average in (self.old, self.ema):
+                    if average is not None:
+                        average.update()
+                self.bad_updates = 0
+                losses.append(total)
+                stats.setdefault("grad_norm", []).append(float(gnorm))
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out["loss"] = float(self.dist.all_reduce_mean(torch.tensor(np.mean(losses) if losses else float("nan"))))
+        return out
+
+    def minibatch_rows(self, b: int, k: int) -> torch.Tensor:
+        """The local samples of minibatch k of M: those j with j mod M == k, or, for algorithms whose loss
+        couples a group's samples, the whole groups g with g mod M == k."""
+        m = self.cfg.minibatches
+        if not self.algorithm.keeps_groups:
+            return torch.arange(k, b, m)
+        g = self.cfg.group_size
+        return (torch.arange(k, b // g, m)[:, None] * g + torch.arange(g)).flatten()
+
+    def pieces(self, n: int, steps: list[int]):
+        """Split the loss over n samples x the trained steps into network forwards: micro-batches of
+        train.micro_batch samples x chunks of train.step_chunk steps (0: all at once). -> (sample rows [k],
+        steps, weight of that piece's mean loss in the whole mean)."""
+        m = self.cfg.micro_batch or n or 1
+        c = self.cfg.step_chunk or len(steps) or 1
+        for i in range(0, n, m):
+            rows = torch.arange(i, min(i + m, n))
+            for j in range(0, len(steps), c):
+                chunk = steps[j : j + c]
+                yield rows, chunk, len(rows) / n * len(chunk) / len(steps)
+
+    # ---------------------------------------------------------------------------------------- evaluate
 
     @property
     def eval_label(self) -> str:
@@ -714,104 +817,20 @@ class Trainer:
         if it == 0 or not (self.run / "samples" / "prompts.json").exists():
             atomic_write_text(self.run / "samples" / "prompts.json", json.dumps([res["prompts"][i] for i in pick]))
 
-    # --------------------------------------------------------------------------------------- the loop
-
-    def train(self) -> list[dict]:
-        """Train to train.iterations (or the budget) -> the metrics records. Ctrl-C ends it as TrainingInterrupted,
-        naming where it stopped and the checkpoint it resumes from; the run folder is unlocked however it ends."""
-        try:
-            return self._train()
-        except KeyboardInterrupt:
-            raise self._interrupted() from None
-        finally:
-            self.release_run()
-
-    def _interrupted(self) -> TrainingInterrupted:
-        """Where a Ctrl-C left the run: the iteration it was in and the checkpoint --resume goes on from."""
-        try:
-            ck = find_checkpoint(self.run)[0].name
-        except ResumeError:  # none written yet: the run starts again from the beginning
-            return TrainingInterrupted(f"interrupted at iteration {self.iteration + 1}, before the first checkpoint")
-        return TrainingInterrupted(f"interrupted at iteration {self.iteration + 1}; the last checkpoint is {ck}",
-                                   resumable=True)
-
-    def _train(self) -> list[dict]:
-        cfg = self.cfg
-        records = []
-        if self.iteration == 0:
-            rec = {"iteration": 0, "reward_mean": None, "loss": None, "nfe": 0, "wall_s": 0.0, **self.evaluate(0)}
-            rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
-            self.metrics.write(rec)
-            records.append(rec)
-            exact = (f", exact reading {rec['eval_exact']:.3f}, extra objects {rec['eval_extra']:.2f}"
-                     if "eval_exact" in rec else "")
-            self.log(f"iteration 0: held-out {self.eval_label} {rec.get('eval_overall', float('nan')):.3f}{exact}")
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="train", dynamic_ncols=True)
-        try:
-            for it in range(self.iteration + 1, cfg.iterations + 1):
-                nfe_before = self.nfe
-                rec = self.train_iteration(it)
-                rec["wall_s"] = round(self.wall + sum(rec.pop("_times").values()), 3)
-                last = it == cfg.iterations or self.budget_spent(rec)
-                by_nfe = cfg.eval_every_nfe and self.nfe // cfg.eval_every_nfe > nfe_before // cfg.eval_every_nfe
-                if it % cfg.eval_every == 0 or last or by_nfe:
-                    rec.update(self.evaluate(it))
-                rec.update({f"time_{k}_s": round(v, 4) for k, v in self.sw.pop().items()})
-                self.wall = rec["wall_s"]
-                self.iteration = it
-                self.metrics.write(rec)
-                records.append(rec)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", **({"eval": f"{rec['eval_overall']:.3f}"} if "eval_overall" in rec else {}))
-                if it % cfg.checkpoint_every == 0 or last:
-                    self.save()
-                if last:
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-            self.metrics.close()
-        return records
-
-    def budget_spent(self, rec: dict) -> bool:
-        """train.budget_nfe / budget_minutes reached (decided together: wall times differ between ranks)."""
-        cfg = self.cfg
-        spent = (cfg.budget_nfe and rec["nfe"] >= cfg.budget_nfe) or (
-            cfg.budget_minutes and rec["wall_s"] >= 60 * cfg.budget_minutes)
-        if spent:
-            rec["budget_spent"] = True
-        return self.dist.all_reduce_mean(torch.tensor(float(bool(spent)))).item() > 0
-
-    def train_iteration(self, it: int) -> dict:
-        start = time.perf_counter()
-        nfe0 = self.instrumented.nfe
-        traj, prompts_all, rewards_all, local = self.rollout(it)
-        rec = {"iteration": it, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std(unbiased=False))}
-        rec.update(getattr(self, "reward_details", {}) if self.pairs is None else {})  # per-component means (combine)
-        if not bool(torch.isfinite(rewards_all).all()):
-            self._bad(f"iteration {it}: non-finite reward; update skipped")
-            rec["loss"] = None
-        else:
-            with self.sw("advantages"):
-                adv_all = self.algorithm.advantages(rewards_all.cpu(), prompts_all, self.cfg.group_size)
-            if self.cfg.diagnose_every and it % self.cfg.diagnose_every == 0:
-                with self.sw("diagnose"):
-                    rec.update(self.diagnose(it, traj, rewards_all.cpu(), adv_all, local))
-            with self.sw("update"):
-                rec.update(self.update(it, traj, adv_all[local].to(self.dist.device)))
-        local_nfe = torch.tensor(float(self.instrumented.nfe - nfe0))
-        self.nfe += int(self.dist.all_reduce_mean(local_nfe).item() * self.dist.world_size)
-        rec["nfe"] = self.nfe
-        rec["lr"] = self.cfg.lr * lr_factor(it, self.cfg)
-        rec["_times"] = {"iteration": time.perf_counter() - start}  # training only: evaluation is not wall time
-        return rec
-
     # ------------------------------------------------------------------------------- checkpoint/resume
+
+    def save(self) -> None:
+        """A checkpoint of the run: every process gathers (FSDP's shards), the main process writes."""
+        weights, optimizer = self.trainable_state(), self.dist.full_optimizer_state(self.optimizer)
+        extra = {**(self.dist.full_state(self.old.state_dict()) if self.old else {}),
+                 **(self.ema_state() if self.ema else {})}
+        if self.dist.is_main:
+            state = {"nfe": self.nfe, "wall_s": self.wall, "bad_updates": self.bad_updates, "diag_cos": self.diag_cos,
+                     "algorithm": self.algorithm.state_dict(), "recipe": self.resolved}
+            state["prompt_sampler"] = self.prompts.state_dict()
+            save_checkpoint(self.run, self.iteration, weights, optimizer, state, keep=self.cfg.keep_checkpoints,
+                            extra=extra or None)
+        self.dist.barrier()
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trained weights, whole, on the main process ({} on the others; every process calls: FSDP gathers)."""
@@ -831,19 +850,6 @@ class Trainer:
         it reads the weights."""
         with self.ema.swapped():
             return {f"{EMA_PREFIX}{k}": v.detach().clone() for k, v in self.trainable_state().items()}
-
-    def save(self) -> None:
-        """A checkpoint of the run: every process gathers (FSDP's shards), the main process writes."""
-        weights, optimizer = self.trainable_state(), self.dist.full_optimizer_state(self.optimizer)
-        extra = {**(self.dist.full_state(self.old.state_dict()) if self.old else {}),
-                 **(self.ema_state() if self.ema else {})}
-        if self.dist.is_main:
-            state = {"nfe": self.nfe, "wall_s": self.wall, "bad_updates": self.bad_updates, "diag_cos": self.diag_cos,
-                     "algorithm": self.algorithm.state_dict(), "recipe": self.resolved}
-            state["prompt_sampler"] = self.prompts.state_dict()
-            save_checkpoint(self.run, self.iteration, weights, optimizer, state, keep=self.cfg.keep_checkpoints,
-                            extra=extra or None)
-        self.dist.barrier()
 
     def _restore(self, resume: bool | str | Path = True) -> None:
         """resume: True (or "latest") for the run's newest complete checkpoint, or a checkpoint folder of the run
