@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visalign.world import grammar, verify
-from visalign.world.vocab import CATEGORIES
+from visalign.testbed.world import grammar, verify
+from visalign.testbed.world.vocab import CATEGORIES
 
 
 def items(per_category: int, seed: int, split: str) -> list[tuple[str, str, int]]:

@@ -29,18 +29,28 @@ class Registry:
 
         return deco
 
+    def _plugins(self) -> None:
+        """Let the plugins register (visalign/plugins.py) before the first lookup or listing."""
+        from .plugins import load_plugins
+
+        load_plugins()
+
     def get(self, name: str) -> Callable:
+        self._plugins()
         if name not in self._items:
             raise RegistryError(f"unknown {self.kind} '{name}'. Supported: {sorted(self._items)}")
         return self._items[name]
 
     def names(self) -> list[str]:
+        self._plugins()
         return sorted(self._items)
 
     def doc(self, name: str) -> str:
+        self._plugins()
         return self._docs[name]
 
     def __contains__(self, name: str) -> bool:
+        self._plugins()
         return name in self._items
 
 
