@@ -18,8 +18,8 @@ import torch
 
 from visalign.models.registry import load_model
 from visalign.policies import make_policy
-from visalign.world import grammar
-from visalign.world.vocab import CATEGORIES
+from visalign.testbed.world import grammar
+from visalign.testbed.world.vocab import CATEGORIES
 
 
 def best_time(fn, repeats: int) -> tuple[float, object]:

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from visalign.evaluate import eval_items
+from visalign.testbed.evaluate import eval_items
 from visalign.models.registry import load_generator
 
 MODELS = ("builtin:shapes-flow", "builtin:shapes-sd3", "builtin:shapes-ddpm", "builtin:shapes-sd15",

@@ -21,7 +21,7 @@ import torch
 
 from visalign.cli import main as cli
 from visalign.config import load_train_recipe
-from visalign.evaluate import evaluate
+from visalign.testbed.evaluate import evaluate
 from visalign.models.registry import PolicyGenerator, load_model
 from visalign.trainer.trainer import Trainer
 

@@ -25,7 +25,7 @@ from visalign.models.registry import load_model
 from visalign.policies import make_policy
 from visalign.rewards import load_reward
 from visalign.rewards.ocr import read_with_command
-from visalign.world import text
+from visalign.testbed.world import text
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import torch
 
 from visalign.cli import main as cli
 from visalign.config import load_train_recipe
-from visalign.evaluate import evaluate
+from visalign.testbed.evaluate import evaluate
 from visalign.models.registry import load_generator
 from visalign.trainer.checkpoint import atomic_write_text
 from visalign.trainer.logging import read_metrics

@@ -1,5 +1,5 @@
 """Held-out GenEval-S of a diffusers pipeline folder, sampled by plain diffusers: how a user checks our claims
-without trusting visalign's sampler. It imports diffusers, torch and the GenEval-S verifier (visalign.world)
+without trusting visalign's sampler. It imports diffusers, torch and the GenEval-S verifier (visalign.testbed.world)
 only.
 
     python benchmarks/plain_diffusers_eval.py PIPELINE_DIR [--lora EXPORT_DIR] [--per-category 50] [--seed 0]
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visalign.world import grammar, verify
-from visalign.world.vocab import CATEGORIES
+from visalign.testbed.world import grammar, verify
+from visalign.testbed.world.vocab import CATEGORIES
 
 
 def items(per_category: int, seed: int, split: str) -> list[tuple[str, str, int]]:

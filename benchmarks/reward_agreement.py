@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("VISALIGN_THREADS", "1")))
-    from visalign.models.reward_net import WEIGHTS_NAME, RewardNet
-    from visalign.rewards.learned import DEFAULT_DIR
-    from visalign.trainer.reward_pretrain import format_agreement, measure_agreement
+    from visalign.testbed.models.reward_net import WEIGHTS_NAME, RewardNet
+    from visalign.testbed.rewards.learned import DEFAULT_DIR
+    from visalign.testbed.pretrain.reward_pretrain import format_agreement, measure_agreement
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--path", default=str(DEFAULT_DIR), help="reward model directory (default: the bundled one)")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from visalign import monitor
+from visalign.testbed.evaluate import LOWER_IS_BETTER, READINGS
 from visalign.config import load_train_recipe
 from visalign.trainer.logging import read_metrics
 from visalign.trainer.trainer import Trainer
@@ -73,7 +74,7 @@ def warned_at(run: Path) -> list[int]:
     load = lambda p: {k: np.asarray(v) for k, v in json.loads(p.read_text())["series"].items()}  # noqa: E731
     paths = sorted((run / "evals").glob("iter-*.json"))
     base = load(paths[0])
-    return [int(p.stem[5:]) for p in paths[1:] if monitor.hacking_warning(base, load(p), monitor.READINGS)]
+    return [int(p.stem[5:]) for p in paths[1:] if monitor.hacking_warning(base, load(p), READINGS, lower_is_better=LOWER_IS_BETTER)]
 
 
 def change(first: dict, last: dict, key: str) -> str:

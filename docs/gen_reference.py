@@ -198,11 +198,11 @@ def recipe_keys_page() -> str:
     from visalign.models.registry import MODELS
     from visalign.policies import ARSampling, DiffusionSampling, FlowSampling
     from visalign.rewards import REWARDS
-    from visalign.trainer.pipeline_pretrain import KINDS as PIPELINE_KINDS
-    from visalign.trainer.pipeline_pretrain import PipelinePretrainRecipe
-    from visalign.trainer.reward_pretrain import RewardPretrainConfig, RewardPretrainRecipe
-    from visalign.trainer.token_pretrain import KINDS as TOKEN_KINDS
-    from visalign.trainer.token_pretrain import TokenPretrainConfig, TokenPretrainRecipe
+    from visalign.testbed.pretrain.pipeline_pretrain import KINDS as PIPELINE_KINDS
+    from visalign.testbed.pretrain.pipeline_pretrain import PipelinePretrainRecipe
+    from visalign.testbed.pretrain.reward_pretrain import RewardPretrainConfig, RewardPretrainRecipe
+    from visalign.testbed.pretrain.token_pretrain import KINDS as TOKEN_KINDS
+    from visalign.testbed.pretrain.token_pretrain import TokenPretrainConfig, TokenPretrainRecipe
 
     parts = [HEADER, "# Recipe keys\n\n",
              "A recipe is a YAML file (`visalign/recipes/NAME.yaml`, or a path) read into the dataclasses below; "

@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _tiny_model(prediction: str):
-    from visalign.models.builtin import ShapesModel, ShapesModelConfig
+    from visalign.testbed.models.builtin import ShapesModel, ShapesModelConfig
 
     torch.manual_seed(0)
     model = ShapesModel(ShapesModelConfig(prediction=prediction, resolution=16, channels=(16, 32),

@@ -34,14 +34,14 @@ def cmd_list(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from .models.registry import is_world_model, load_generator
-    from .world.grammar import PromptError, parse_prompt
+    from .models.registry import load_generator
+    from .prompts import PromptError
 
-    world = is_world_model(args.model)  # a user's diffusers pipeline takes any prompt
-    gen = load_generator(args.model, validate=world)
-    for p in args.prompt if world else []:  # the model's own grammar (a text model: the text task's), else GenEval-S
+    gen = load_generator(args.model)
+    parse = getattr(gen, "parse", None)  # a world model's grammar; a user's diffusers pipeline takes any prompt
+    for p in args.prompt if parse is not None else []:
         try:
-            getattr(gen, "parse", parse_prompt)(p)
+            parse(p)
         except PromptError as e:
             raise PromptError(f"model '{args.model}' draws only its world's words (a diffusers:<path-or-hub-id> "
                               f"pipeline takes any prompt): {e}") from None
@@ -55,7 +55,7 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     import numpy as np
 
-    from .evaluate import ProgressGenerator, category_means, evaluate, evaluate_reward, format_table, reward_scores
+    from .evaluate import ProgressGenerator, category_means, evaluate_reward, format_table, reward_scores
     from .models.registry import load_generator
     from .prompts import load_prompt_set
     from .rewards import load_reward_spec
@@ -70,8 +70,8 @@ def cmd_eval(args) -> None:
     split = "train" if args.split == "train" else "eval"
     start = time.time()
     judges = {spec: load_reward_spec(spec) for spec in args.judge}
-    if args.reward is None:  # GenEval-S: the verifier (GenEval's rules and the exact reading)
-        result = evaluate(gen, args.per_category, args.seed, return_images=bool(judges), split=split)
+    if args.reward is None:  # the set's evaluator (GenEval-S: the verifier, GenEval's rules and the exact reading)
+        result = prompt_set.evaluator(gen, args.per_category, args.seed, return_images=bool(judges), split=split)
     else:  # the mean of the reward over the set's items
         result = evaluate_reward(gen, load_reward_spec(args.reward), prompt_set, args.per_category, args.seed, split)
     if judges:
@@ -95,53 +95,20 @@ def cmd_eval(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .config import ConfigError, PretrainRecipe, apply_overrides, build, load_recipe_dict
-    from .models.builtin import ShapesModel, ShapesModelConfig
+    from .config import apply_overrides, load_recipe_dict
+    from .pretraining import PRETRAIN_KINDS, kinds
     from .trainer.logging import ConsoleLog
-    from .trainer.pretrain import pretrain
 
     log = ConsoleLog()  # lines above a progress bar with ETA (on a terminal)
     data = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
-    if data.get("kind") == "reward_pretrain":  # the learned GenEval-S reward, not a generator
-        from .trainer.reward_pretrain import RewardPretrainRecipe, reward_pretrain
-        from .models.reward_net import RewardNetConfig
-
-        data.pop("kind")
-        recipe = build(RewardPretrainRecipe, data)
-        model_cfg = build(RewardNetConfig, recipe.model, "model")  # typed: an unknown or mistyped key is refused
-        start = time.time()
-        reward_pretrain(model_cfg, recipe.train, args.out, log=log)
-        print(f"reward model trained in {(time.time() - start) / 60:.1f} min; written to {args.out}")
-        return
-    from .trainer import pipeline_pretrain, token_pretrain
-
-    # the autoregressive family (VQ tokenizer, token GPT); the diffusers pipelines (VAE, SD3, SD1.5)
-    for module in (token_pretrain, pipeline_pretrain):
-        if data.get("kind") in module.KINDS:
-            start = time.time()
-            module.run_recipe(data, args.out, log=log)
-            print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
-            return
-    if data.get("kind") != "pretrain":
-        raise ValueError(f"recipe '{args.recipe}' is not a pretraining recipe (kind: {data.get('kind')}; accepted: "
-                         f"pretrain, reward_pretrain, {', '.join(token_pretrain.KINDS + pipeline_pretrain.KINDS)})")
-    data.pop("kind")
-    recipe = build(PretrainRecipe, data)
-    init = None
-    if recipe.init:
-        from .models.registry import load_model
-
-        init = getattr(load_model(recipe.init), "module", None)
-        if not isinstance(init, ShapesModel):
-            raise ValueError(f"init model '{recipe.init}' is not a built-in shapes model; accepted: "
-                             f"builtin:shapes-flow or builtin:shapes-flow?path=DIR")
-    if init is not None and recipe.model:
-        raise ConfigError(f"init '{recipe.init}' brings its own model config; remove model: {sorted(recipe.model)}")
-    # typed, not from_dict (which lets a saved config's unknown keys pass): model.foo=3 is refused, not dropped
-    model_cfg = init.config if init is not None else build(ShapesModelConfig, recipe.model, "model")
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in PRETRAIN_KINDS:  # a registered kind (visalign/pretraining.py)
+        raise ValueError(f"recipe '{args.recipe}' is not a pretraining recipe (kind: {kind}; accepted: "
+                         f"{', '.join(kinds())})")
+    entry = PRETRAIN_KINDS.get(kind)
     start = time.time()
-    pretrain(model_cfg, recipe.train, args.out, log=log, init=init)
-    print(f"pretrained in {(time.time() - start) / 60:.1f} min; model written to {args.out}")
+    entry.run(data, args.out, log)
+    print(entry.done.format(minutes=(time.time() - start) / 60, out=args.out))
 
 
 def cmd_train(args) -> None:
@@ -203,36 +170,16 @@ def resolved_recipe(name_or_path: str, overrides: list[str]) -> dict:
     pretraining recipe its kind and fields (model: as given; it is checked, and the model's own defaults apply)."""
     import dataclasses
 
-    from .config import ConfigError, PretrainRecipe, apply_overrides, build, load_recipe_dict, load_train_recipe
+    from .config import ConfigError, apply_overrides, build, load_recipe_dict, load_train_recipe
+    from .pretraining import PRETRAIN_KINDS, kinds
 
     data = apply_overrides(load_recipe_dict(name_or_path), overrides)
     kind = data.pop("kind", "train")
     if kind == "train":
         return load_train_recipe(name_or_path, overrides)[1]
-    from .trainer import pipeline_pretrain, token_pretrain
-
-    if kind == "pretrain":
-        from .models.builtin import ShapesModelConfig
-
-        cls, model_cls = PretrainRecipe, ShapesModelConfig
-    elif kind == "reward_pretrain":
-        from .models.reward_net import RewardNetConfig
-        from .trainer.reward_pretrain import RewardPretrainRecipe
-
-        cls, model_cls = RewardPretrainRecipe, RewardNetConfig
-    elif kind in token_pretrain.KINDS:
-        from .models.ar import ARConfig
-        from .models.vq import VQConfig
-
-        cls, model_cls = token_pretrain.TokenPretrainRecipe, VQConfig if kind == "vq_pretrain" else ARConfig
-    elif kind in pipeline_pretrain.KINDS:
-        from .models import shapes_pipelines as sp
-
-        cls = pipeline_pretrain.PipelinePretrainRecipe
-        model_cls = {"vae_pretrain": sp.VAEConfig, "sd3_pretrain": sp.SD3Config, "sd15_pretrain": sp.SD15Config}[kind]
-    else:
-        raise ConfigError(f"recipe '{name_or_path}' has kind '{kind}'; accepted: train, pretrain, reward_pretrain, "
-                          f"{', '.join(token_pretrain.KINDS + pipeline_pretrain.KINDS)}")
+    if not isinstance(kind, str) or kind not in PRETRAIN_KINDS:
+        raise ConfigError(f"recipe '{name_or_path}' has kind '{kind}'; accepted: train, {', '.join(kinds())}")
+    cls, model_cls = PRETRAIN_KINDS.get(kind).recipe, PRETRAIN_KINDS.get(kind).model
     recipe = build(cls, data)
     build(model_cls, recipe.model, "model")  # typed: an unknown or mistyped model key is refused here too
     return {"kind": kind, **dataclasses.asdict(recipe)}
@@ -574,13 +521,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .algorithms import CapabilityError
     from .config import ConfigError
-    from .models.builtin import CheckpointError
+    from .models.persist import CheckpointError
     from .registry import RegistryError
     from .rewards.server import RemoteRewardError
     from .runfolder import RunFolderError, os_error_line
     from .trainer.checkpoint import ResumeError
     from .trainer.trainer import TrainingInterrupted, TrainingStopped
-    from .world.grammar import PromptError
+    from .prompts import PromptError
 
     threads = os.environ.get("VISALIGN_THREADS")
     if threads is not None:

@@ -183,12 +183,12 @@ def summarize_run(label: str, run: Path) -> dict:
 
 
 def held_split(prompts: str) -> tuple[list[str], list[str]] | None:
-    from .world.vocab import CATEGORIES
+    from .prompts import load_prompt_set
 
     if not prompts.startswith("geneval-s:"):
         return None
     held_in = prompts.split(":", 1)[1].split(",")
-    return held_in, [c for c in CATEGORIES if c not in held_in]
+    return held_in, [c for c in load_prompt_set(prompts).eval if c not in held_in]
 
 
 def format_table(results: list[dict], split) -> str:

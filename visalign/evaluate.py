@@ -1,47 +1,20 @@
-"""GenEval-S evaluation: K images per category on the held-out eval prompts, scored by the verifier.
+"""Evaluation helpers every prompt set uses: per-category means, a reward's scores over images, the evaluation of a
+prompt set without an evaluator of its own (the mean of a reward over its held-out items), diversity, the table.
 
-Image i of category c uses eval prompt i mod n_c and seed `seed * 1_000_000 + 10_000 * c + i`, so two
-generators evaluated with the same seed see the same prompts and the same initial noise. Score per
-category = fraction of images fully correct; overall = mean of the six (as GenEval).
+A prompt set's own evaluator (e.g. GenEval-S's verifier, visalign/testbed/evaluate.py) is `PromptSet.evaluator`.
+Image i of category c uses eval prompt i mod n_c and seed `seed * 1_000_000 + 10_000 * c + i` (PromptSet.eval_items),
+so two generators evaluated with the same seed see the same prompts and the same initial noise.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .world import grammar, verify
-from .world.vocab import CATEGORIES
 
-
-def eval_items(per_category: int, seed: int, split: str = "eval") -> list[tuple[str, str, int]]:
-    """[(category, prompt, seed)] in a fixed order (split: eval = the held-out prompts, or train)."""
-    from .prompts import load_prompt_set
-
-    return load_prompt_set("geneval-s").eval_items(per_category, seed, split)
-
-
-def score_images(images: np.ndarray, prompts: list[str]) -> list[verify.Verdict]:
-    return [verify.verify(img, grammar.parse_prompt(p)) for img, p in zip(images, prompts)]
-
-
-def category_means(categories: list[str], values, names=CATEGORIES) -> dict[str, float]:
+def category_means(categories: list[str], values, names) -> dict[str, float]:
     """Mean of per-image values by category (the image's category in `categories`), for each of `names`."""
     per = {c: [v for cat, v in zip(categories, values) if cat == c] for c in names}
     return {c: float(np.mean(s)) if s else 0.0 for c, s in per.items()}
-
-
-def summarize(categories: list[str], verdicts: list[verify.Verdict]) -> dict:
-    """Both readings per category and overall (mean of the six, as GenEval): `categories` / `overall` under
-    GenEval's rules, `exact_*` under the exact reading; `extra_*` objects nobody asked for per image, `stray`
-    foreground share outside the named objects, `partial` GenEval's partial credit."""
-    cats = category_means(categories, [v.score for v in verdicts])
-    exact = category_means(categories, [float(v.exact) for v in verdicts])
-    extra = category_means(categories, [float(v.extra) for v in verdicts])
-    mean = lambda xs: float(np.mean(xs)) if verdicts else 0.0  # noqa: E731
-    return {"overall": mean(list(cats.values())), "categories": cats, "n": len(verdicts),
-            "exact": mean(list(exact.values())), "exact_categories": exact,
-            "extra": mean([v.extra for v in verdicts]), "extra_categories": extra,
-            "stray": mean([v.stray for v in verdicts]), "partial": mean([v.partial for v in verdicts])}
 
 
 class ProgressGenerator:
@@ -65,34 +38,6 @@ class ProgressGenerator:
                 out.append(self.generator.generate(list(prompts[i : i + step]), list(seeds[i : i + step])))
                 bar.update(len(out[-1]))
         return np.concatenate(out)
-
-
-def evaluate(generator, per_category: int = 50, seed: int = 0, return_images: bool = False,
-             split: str = "eval") -> dict:
-    """Run a generator (generate(prompts, seeds) -> uint8 [B, H, W, 3]) on the eval set (split "train": on the
-    train prompts instead, with the same seeds)."""
-    if per_category < 1:
-        raise ValueError(f"per_category must be >= 1, got {per_category}")
-    items = eval_items(per_category, seed, split)
-    cats, prompts, seeds = zip(*items)
-    images = generator.generate(list(prompts), list(seeds))
-    verdicts = score_images(images, list(prompts))
-    result = summarize(list(cats), verdicts)
-    if return_images:
-        result["images"] = images
-        result["prompts"] = list(prompts)
-        result["correct"] = [v.correct for v in verdicts]
-        result["readings"] = readings(verdicts)
-    return result
-
-
-def readings(verdicts: list[verify.Verdict]) -> dict[str, np.ndarray]:
-    """The verifier's per-image readings [N] the hacking monitor watches (visalign/monitor.py): GenEval's rules,
-    the exact reading, extra objects, and `lenient`: passes GenEval's rules only because they let objects nobody
-    asked for in (rules and not exact), the share a policy raises when it learns that leniency."""
-    rules, exact = np.array([v.score for v in verdicts]), np.array([float(v.exact) for v in verdicts])
-    return {"geneval_rules": rules, "exact": exact, "extra": np.array([float(v.extra) for v in verdicts]),
-            "lenient": rules - exact}
 
 
 def reward_scores(reward, images: np.ndarray, prompts: list[str], batch: int = 64) -> np.ndarray:

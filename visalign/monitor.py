@@ -6,9 +6,11 @@ fools that reading. The survey this library follows names this reward hacking as
 Flow-GRPO and DPOK hold it back with a KL term. Here every evaluation scores the same held-out images
 (same prompts, same seeds) by
 - the training reward (`reward`),
-- the readings the prompt set has of its own (GenEval-S: GenEval's rules, the exact reading, extra objects
-  per image, and the images that pass GenEval's rules only with objects nobody asked for), and
-- judges: other rewards named by the recipe's `eval.judges`, with defaults per prompt set (`default_judges`).
+- the readings the prompt set's evaluator has of its own (`PromptSet.readings`; GenEval-S: GenEval's rules, the
+  exact reading, extra objects per image, and the images that pass GenEval's rules only with objects nobody asked
+  for), and
+- judges: other rewards named by the recipe's `eval.judges`, with defaults per prompt set (`default_judges`:
+  `PromptSet.judges`, then by the reward).
 When the training reward rises beyond the evaluation's noise while a reading or a judge falls beyond it, the
 run says so in one line (`hacking_warning`). Noise: the change is paired (same prompts and seeds at every
 evaluation), so its standard error is that of the per-image differences; "beyond" is `Z` of them.
@@ -24,11 +26,6 @@ from .registry import split_spec
 
 Z = 2.0  # standard errors of a paired change that count as beyond the evaluation's noise
 
-# Readings a prompt set has of its own (per image), lower-is-better ones marked; labels for the warning line.
-READINGS = {"geneval_rules": "GenEval's rules", "exact": "the exact reading", "extra": "extra objects per image",
-            "lenient": "images that pass GenEval's rules only with objects nobody asked for"}
-LOWER_IS_BETTER = ("extra", "lenient")
-
 # Learned preference rewards: each is judged by another one (DDPO's and Flow-GRPO's hacking checks).
 _LEARNED = ("clip_score", "pickscore", "hps", "aesthetic", "image_reward")
 # The `ocr` reward's second, independent reading: one word (no line finder) on a binarised, upscaled, cropped image.
@@ -43,13 +40,15 @@ def same_reward(spec: str, name: str, options: dict) -> bool:
 
 def default_judges(prompt_set: str, reward: str, reward_options: dict | None = None) -> list[str]:
     """The judges a run gets when its recipe names none: rewards it did not train on that measure what its
-    reward stands for. GenEval-S: the learned GenEval-S reward (its verifier's readings are watched anyway);
-    text: the two OCR readings; a learned preference reward: another one (CLIP score, or PickScore for a CLIP
-    score run); JPEG compressibility (which blurs its way up): the aesthetic predictor."""
-    if prompt_set.startswith("geneval-s"):
-        candidates = ["geneval_s_learned"]
-    elif prompt_set == "text":
-        candidates = ["ocr", OCR_SECOND_READING]
+    reward stands for. A registered prompt set's own (PromptSet.judges; GenEval-S: the learned GenEval-S reward,
+    its verifier's readings being watched anyway; text: the two OCR readings); else by the reward: a learned
+    preference reward: another one (CLIP score, or PickScore for a CLIP score run); JPEG compressibility (which
+    blurs its way up): the aesthetic predictor."""
+    from .prompts import PROMPT_SETS, load_prompt_set
+
+    own = list(load_prompt_set(prompt_set).judges) if prompt_set.split(":", 1)[0] in PROMPT_SETS else []
+    if own:
+        candidates = own
     elif reward in _LEARNED:
         candidates = ["pickscore" if reward == "clip_score" else "clip_score"]
     elif reward in ("compressibility", "incompressibility"):
@@ -71,10 +70,11 @@ def paired_change(base: np.ndarray, now: np.ndarray) -> tuple[float, float]:
 
 
 def hacking_warning(base: dict[str, np.ndarray], now: dict[str, np.ndarray], labels: dict[str, str],
-                    z: float = Z) -> str | None:
+                    z: float = Z, lower_is_better: tuple[str, ...] = ()) -> str | None:
     """One line when the training reward (series "reward") rose by more than z standard errors while any
     other series got worse by more than z of its own; else None. base / now: series name -> per-image
-    scores [N] of the same images; series in LOWER_IS_BETTER get worse by rising."""
+    scores [N] of the same images; series in lower_is_better (a prompt set's, PromptSet.lower_is_better) get
+    worse by rising."""
     rise, se = paired_change(base["reward"], now["reward"])
     if not rise > z * se:
         return None
@@ -83,7 +83,7 @@ def hacking_warning(base: dict[str, np.ndarray], now: dict[str, np.ndarray], lab
         if name == "reward" or name not in base:
             continue
         change, se_j = paired_change(base[name], now[name])
-        sign = -1.0 if name in LOWER_IS_BETTER else 1.0
+        sign = -1.0 if name in lower_is_better else 1.0
         if sign * change < -z * se_j:
             verb = "rose" if sign < 0 else "fell"
             worse.append(f"{labels.get(name, name)} {verb} {base[name].mean():.3f} -> {now[name].mean():.3f} "

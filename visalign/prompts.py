@@ -1,17 +1,30 @@
-"""Prompt sets a run trains and evaluates on: `geneval-s` (the six categories of the shapes world, train and
-held-out splits; evaluated by the verifier), `animals` (DDPO's kind of prompt set: common animal
-names, for rewards that judge the image alone, e.g. compressibility), `text` (signs that say a short word,
-world/text.py; held-out words, for the `ocr` reward), or `file:PATH` (one prompt a line).
+"""Prompt sets a run trains and evaluates on: `animals` (DDPO's kind of prompt set: common animal names, for
+rewards that judge the image alone, e.g. compressibility), `file:PATH` (one prompt a line), and the sets plugins
+register in PROMPT_SETS (the GenEval-S testbed: `geneval-s`, its six categories, evaluated by its verifier, and
+`text`, signs that say a short word, for the `ocr` reward).
 
-A set has categories, each with train prompts and held-out eval prompts; runs on a set other than
-geneval-s are evaluated by the mean of the training reward on the eval prompts (deterministic sampler).
+A set has categories, each with train prompts and held-out eval prompts. A set with an `evaluator` (e.g.
+geneval-s's verifier) is scored by it; the others by the mean of the training reward on the eval prompts
+(deterministic sampler).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from .registry import Registry
+
+
+class PromptError(ValueError):
+    """A prompt outside the grammar a model or reward reads (message is one line)."""
+
+
+# name -> factory(spec) -> PromptSet; the spec is the name or `name:ARGS` (e.g. geneval-s:colors,counting).
+# The doc is the accepted forms, listed when a set is unknown.
+PROMPT_SETS = Registry("prompt set")
 
 # Common animals (our list, in the spirit of DDPO's "simple animals" prompts)
 ANIMALS = (
@@ -27,7 +40,19 @@ class PromptSet:
     name: str
     train: dict[str, list[str]]  # category -> train prompts
     eval: dict[str, list[str]]  # category -> held-out prompts
-    verifier: bool = False  # evaluated by the GenEval-S verifier (else by the run's reward)
+    # evaluator(generator, per_category, seed, return_images=False, split="eval") -> result dict (overall,
+    # categories, n; with return_images also images, prompts and `readings`: per-image series the hacking monitor
+    # watches); None: the set is scored by the run's reward (evaluate.evaluate_reward)
+    evaluator: Callable | None = field(default=None, compare=False)
+    readings: dict[str, str] = field(default_factory=dict)  # the evaluator's per-image readings -> their labels
+    lower_is_better: tuple[str, ...] = ()  # readings that get worse by rising
+    judges: tuple[str, ...] = ()  # the hacking monitor's default judges for runs on this set (monitor.py)
+    score_label: str = ""  # what the evaluator's overall score is called ("GenEval-S")
+
+    @property
+    def verifier(self) -> bool:
+        """Whether the set has its own evaluator (a verifier), so its prompts are held to a model's grammar."""
+        return self.evaluator is not None
 
     @property
     def categories(self) -> list[str]:
@@ -36,7 +61,7 @@ class PromptSet:
     def eval_items(self, per_category: int, seed: int, split: str = "eval") -> list[tuple[str, str, int]]:
         """[(category, prompt, seed)] in a fixed order: item i of category c is prompt i mod n_c of the split
         ("eval": the held-out prompts; "train": the train prompts, to see how much of a gain is memorised) with
-        seed seed * 1_000_000 + 10_000 c + i (for geneval-s, exactly visalign.evaluate's items)."""
+        seed seed * 1_000_000 + 10_000 c + i (for geneval-s, exactly its evaluator's items)."""
         if split not in ("eval", "train"):
             raise ValueError(f"split '{split}' is not one of eval (the held-out prompts), train")
         prompts = self.eval if split == "eval" else self.train
@@ -55,23 +80,13 @@ def _split(prompts: list[str], name: str) -> tuple[list[str], list[str]]:
 
 
 def load_prompt_set(spec: str) -> PromptSet:
-    """'geneval-s[:CAT,...]' | 'animals' | 'file:PATH' -> PromptSet (ValueError naming the accepted forms)."""
-    if spec == "geneval-s" or spec.startswith("geneval-s:"):
-        from .world import grammar
-        from .world.vocab import CATEGORIES
-
-        # geneval-s:CAT,CAT trains on those categories only and still evaluates all six: the rest are
-        # held-out categories (the "DPO vs GRPO" in-domain / out-of-domain question)
-        train_cats = spec.split(":", 1)[1].split(",") if ":" in spec else list(CATEGORIES)
-        unknown = [c for c in train_cats if c not in CATEGORIES]
-        if unknown or not train_cats:
-            raise ValueError(f"unknown GenEval-S categories {unknown} in '{spec}'; accepted: {', '.join(CATEGORIES)}")
-        return PromptSet(spec, {c: grammar.prompts(c, "train") for c in CATEGORIES if c in train_cats},
-                         {c: grammar.prompts(c, "eval") for c in CATEGORIES}, verifier=True)
-    if spec == "text":  # signs with a word (world/text.py): held-out words never trained on, scored by `ocr`
-        from .world import text
-
-        return PromptSet(spec, {"text": text.prompts("train")}, {"text": text.prompts("eval")})
+    """'animals' | 'file:PATH' | a registered set ('geneval-s[:CAT,...]', 'text', ...) -> PromptSet (ValueError
+    naming the accepted forms)."""
+    name = spec.split(":", 1)[0] if isinstance(spec, str) else spec
+    if isinstance(spec, str) and name not in ("file", "animals") and name in PROMPT_SETS:
+        forms = [f.strip() for f in PROMPT_SETS.doc(name).split(",")]  # 'name' and/or 'name:ARGS'
+        if spec == name or any(f.startswith(name + ":") for f in forms):
+            return PROMPT_SETS.get(name)(spec)
     if spec == "animals":
         train, held = _split([f"a {a}" for a in ANIMALS], spec)
         return PromptSet(spec, {"animals": train}, {"animals": held})
@@ -89,5 +104,5 @@ def load_prompt_set(spec: str) -> PromptSet:
             raise ValueError(f"prompt file {path} holds no prompts (one prompt a line)")
         train, held = _split(lines, spec)
         return PromptSet(spec, {path.stem: train}, {path.stem: held})
-    raise ValueError(f"unknown prompt set '{spec}'; accepted: geneval-s, geneval-s:CAT,CAT, text, animals, "
-                     f"file:PATH")
+    registered = [PROMPT_SETS.doc(n) or n for n in PROMPT_SETS.names()]
+    raise ValueError(f"unknown prompt set '{spec}'; accepted: {', '.join(registered + ['animals', 'file:PATH'])}")

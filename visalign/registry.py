@@ -70,9 +70,16 @@ class Registry:
 
         return deco
 
+    def _plugins(self) -> None:
+        """Let the plugins register (visalign/plugins.py) before the first lookup or listing."""
+        from .plugins import load_plugins
+
+        load_plugins()
+
     def get(self, name: str) -> Callable:
         """The registered factory `name`, or the object a `package.module:Name` imports (is_module_spec), checked
         to be what this registry holds."""
+        self._plugins()
         if name in self._items:
             return self._items[name]
         if is_module_spec(name):
@@ -85,12 +92,15 @@ class Registry:
                             f"package.module:Name of your own")
 
     def names(self) -> list[str]:
+        self._plugins()
         return sorted(self._items)
 
     def doc(self, name: str) -> str:
+        self._plugins()
         return self._docs[name]
 
     def __contains__(self, name: str) -> bool:
+        self._plugins()
         return name in self._items
 
 

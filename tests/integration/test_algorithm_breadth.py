@@ -11,7 +11,7 @@ import torch
 from visalign import config as C
 from visalign.algorithms import ALGORITHMS, CapabilityError
 from visalign.cli import main
-from visalign.models.reward_net import RewardNet
+from visalign.testbed.models.reward_net import RewardNet
 from visalign.pairs import PairDataError, PairDataset
 from visalign.trainer.trainer import Trainer
 

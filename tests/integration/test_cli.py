@@ -37,7 +37,7 @@ def test_eval_prints_both_readings_per_category_and_the_extra_objects(tmp_path, 
 
 
 def test_eval_on_the_train_split_uses_the_train_prompts_with_the_same_seeds(tmp_path):
-    from visalign.evaluate import eval_items
+    from visalign.testbed.evaluate import eval_items
     from visalign.prompts import load_prompt_set
 
     ps = load_prompt_set("geneval-s")

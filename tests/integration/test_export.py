@@ -322,7 +322,7 @@ def test_merged_card_of_builtin_model(tiny_flow_model, tmp_path):
 def test_bundled_base_card_names_the_package_folder():
     """A bundled base: its folder inside visalign and visalign's own license; a Hub id goes to base_model."""
     from visalign.models.model_card import describe_base, front_matter
-    from visalign.models.registry import WEIGHTS_DIR
+    from visalign.testbed.models.registry import WEIGHTS_DIR
 
     base = describe_base("builtin:shapes-sd3")
     assert base.bundled == "builtin:shapes-sd3" and base.path == str(WEIGHTS_DIR / "shapes-sd3")

@@ -14,7 +14,7 @@ import pytest
 from visalign.cli import main
 from visalign.images import save_grid
 from visalign.report import distinct_digits, nice_ticks, tick_labels, write_report
-from visalign.world.vocab import CATEGORIES
+from visalign.testbed.world.vocab import CATEGORIES
 
 TIMES = {"time_rollout_s": 3.2104, "time_reward_s": 0.5123, "time_advantages_s": 0.0101, "time_update_s": 5.4321,
          "time_model_s": 7.5}

@@ -1,4 +1,4 @@
-"""The shapes world as real diffusers pipelines (models/shapes_pipelines.py, trainer/pipeline_pretrain.py): the
+"""The shapes world as real diffusers pipelines (models/shapes_pipelines.py, pretrain/pipeline_pretrain.py): the
 world tokenizer, the pretraining recipes at tiny size, plain-diffusers loading with no visalign import, and
 plain diffusers drawing the same images as visalign's sampler (benchmarks/plain_diffusers_eval.py)."""
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from visalign.cli import main
-from visalign.models import shapes_pipelines as sp
+from visalign.testbed.models import shapes_pipelines as sp
 from visalign.rewards.base import REWARDS, Reward
 from visalign.types import RewardOutput
-from visalign.world.vocab import vocabulary
+from visalign.testbed.world.vocab import vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -65,8 +65,8 @@ def tiny(tmp_path_factory):
 
 def test_vae_latents_have_unit_statistics(tiny):
     from visalign.models.diffusers_adapter import load_diffusers
-    from visalign.trainer.pipeline_pretrain import STATS_BATCH
-    from visalign.trainer.pretrain import STREAMS
+    from visalign.testbed.pretrain.pipeline_pretrain import STATS_BATCH
+    from visalign.testbed.pretrain.pretrain import STREAMS
     from visalign.images import images_to_tensor
 
     cfg = json.loads((tiny / "vae" / "config.json").read_text())
@@ -114,7 +114,7 @@ print(type(pipe).__name__, pipe.vae.dtype, sorted(absent))
 
 @pytest.mark.parametrize("kind", ["sd3", "sd15"])
 def test_plain_diffusers_draws_visalign_eval_images(tiny, kind):
-    from visalign.evaluate import eval_items
+    from visalign.testbed.evaluate import eval_items
     from visalign.models.registry import load_generator
 
     assert plain.items(3, 2, "eval") == eval_items(3, 2, "eval")
@@ -148,7 +148,7 @@ def test_bundled_sampling_defaults_reach_the_adapter(tiny):
 
 def test_text_encoders_train_or_stay_as_initialised(tiny):
     from visalign.models.diffusers_adapter import load_diffusers
-    from visalign.trainer.pipeline_pretrain import load_vae
+    from visalign.testbed.pretrain.pipeline_pretrain import load_vae
 
     for kind, cfg, build, trains in (("sd3", sp.config_from_dict(sp.SD3Config, SD3), sp.build_sd3, True),
                                      ("sd15", sp.config_from_dict(sp.SD15Config, SD15), sp.build_sd15, False)):
@@ -234,7 +234,7 @@ train: {{iterations: 1, batch_size: 4, group_size: 2, lr: 0.5, finetune: lora, l
 def test_bundled_vae_keeps_what_the_verifier_checks():
     """builtin:shapes-vae (fp16 weights, loaded in fp32): the oracle's held-out renders encoded and decoded pass
     the verifier as the renders do, under both readings."""
-    from visalign.trainer.pipeline_pretrain import load_vae, round_trip
+    from visalign.testbed.pretrain.pipeline_pretrain import load_vae, round_trip
 
     vae = load_vae("builtin:shapes-vae")
     assert vae.config.latent_channels == 4 and vae.config.block_out_channels == [16, 32]  # 16x16x4 latents
@@ -262,7 +262,8 @@ def test_pretraining_goes_on_from_a_saved_pipeline(tiny, tmp_path, capsys):
 def test_bundled_pipeline_in_plain_diffusers_draws_what_visalign_eval_draws(kind, cls):
     """builtin:shapes-sd3 and -sd15 are ordinary pipeline folders: plain diffusers loads them with no visalign
     import, and with the same steps, guidance and seeds draws visalign's images (so the same held-out scores)."""
-    from visalign.models.registry import WEIGHTS_DIR, load_generator
+    from visalign.testbed.models.registry import WEIGHTS_DIR
+    from visalign.models.registry import load_generator
 
     path = WEIGHTS_DIR / f"shapes-{kind}"
     code = f"""
@@ -293,7 +294,7 @@ def test_tokenizer_folders_hold_the_bpe_files_transformers_4_reads(tmp_path):
 
     from transformers import CLIPTokenizer
 
-    from visalign.models.registry import WEIGHTS_DIR
+    from visalign.testbed.models.registry import WEIGHTS_DIR
 
     folder = WEIGHTS_DIR / "shapes-sd3" / "tokenizer_2"
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
@@ -307,7 +308,7 @@ def test_a_run_on_a_bundled_pipeline_exports_as_a_diffusers_one(tmp_path):
     """builtin:shapes-sd3 is a diffusers pipeline to export too: its LoRA goes out in diffusers' format, and the
     merged folder keeps the bundled sampling defaults."""
     from visalign.config import load_train_recipe
-    from visalign.models.registry import WEIGHTS_DIR
+    from visalign.testbed.models.registry import WEIGHTS_DIR
     from visalign.trainer.trainer import Trainer
 
     r, resolved = load_train_recipe("geneval-s-sd3-grpo", [
@@ -321,7 +322,7 @@ def test_a_run_on_a_bundled_pipeline_exports_as_a_diffusers_one(tmp_path):
 
 
 def test_the_weights_bundle_stays_within_40_mib():
-    from visalign.models.registry import WEIGHTS_DIR
+    from visalign.testbed.models.registry import WEIGHTS_DIR
 
     size = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file())
     assert size <= 40 * 2**20, f"{size / 2**20:.1f} MiB"

@@ -389,7 +389,7 @@ def test_evaluation_logs_both_readings_the_judges_and_per_image_scores(tiny_dir,
     recipe, resolved = load_train_recipe("geneval-s-grpo", _overrides(
         tiny_dir, "train.iterations=2", "eval.judges=['geneval_s?exact=true', geneval_s_learned]"))
     seen = []
-    monkeypatch.setattr(monitor, "hacking_warning", lambda base, now, labels: seen.append((base, now)) or "it hacks")
+    monkeypatch.setattr(monitor, "hacking_warning", lambda base, now, labels, **kw: seen.append((base, now)) or "it hacks")
     rows = Trainer(recipe, resolved, run, progress=False, log=logs.append).train()
     evals = [r for r in rows if "eval_overall" in r]
     for r in evals:

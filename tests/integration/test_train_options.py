@@ -11,7 +11,7 @@ import torch
 
 from visalign.cli import main
 from visalign.config import ConfigError, load_train_recipe
-from visalign.models.ar import ARConfig, TokenGPT
+from visalign.testbed.models.ar import ARConfig, TokenGPT
 from visalign.models.diffusers_adapter import adapter_for
 from visalign.models.tiny_diffusers import build_tiny_pipeline, save_tiny_pipeline
 from visalign.policies import DiffusionSampling, FlowSampling, make_policy

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from visalign.models.ar import ARConfig, ShapesARAdapter, TokenGPT
-from visalign.models.vq import VQConfig, VQVAE
+from visalign.testbed.models.ar import ARConfig, ShapesARAdapter, TokenGPT
+from visalign.testbed.models.vq import VQConfig, VQVAE
 from visalign.policies import make_policy
 from visalign.policies.autoregressive import ARSampling, AutoregressivePolicy, inverse_cdf, token_log_probs
-from visalign.world import plan as plan_lang
+from visalign.testbed.world import plan as plan_lang
 
 PROMPTS = ["a red circle", "three stars", "a circle left of a square"]
 
@@ -150,7 +150,7 @@ def test_plan_language():
 
 
 def test_bad_input_is_one_line_errors(adapter):
-    from visalign.world.grammar import PromptError
+    from visalign.testbed.world.grammar import PromptError
 
     policy = make_policy(adapter)
     for bad, match in [("red circle left", "is not 'COLOR SHAPE @ CELL'"), ("pink circle @ left", "unknown colour"),
@@ -249,15 +249,15 @@ def test_a_given_plan_is_drawn_and_scored_as_forced(adapter):
     assert (traj.log_probs[:, : plan_lang.PLAN_LENGTH] == 0).all()  # forced words carry no log-prob
     lp = policy.log_prob(traj, list(range(traj.states.shape[1]))).log_prob.detach()
     assert (lp - traj.log_probs).abs().max() < 1e-4
-    with pytest.raises(plan_lang.PlanError, match="unknown cell 'middle'"):
-        ARSampling(plan="red circle @ middle")
+    with pytest.raises(plan_lang.PlanError, match="unknown cell 'middle'"):  # the model's plan grammar reads it
+        make_policy(adapter, ARSampling(plan="red circle @ middle"))
 
 
 def test_text_task_token_model_has_no_plan_and_keeps_the_ratio_invariant(tmp_path):
     """The text task (world/text.py) on the same classes: a wide VQ grid (16 x 32 -> 4 x 8 tokens), letter tokens
     in the prompt, no plan slot; the ratio is 1 on-policy; a text prompt is parsed by the text grammar; a GPT
     and a tokenizer of different tasks or grids are refused in one line; save + load round-trips the width."""
-    from visalign.world.grammar import PromptError
+    from visalign.testbed.world.grammar import PromptError
 
     torch.manual_seed(0)
     vq = VQVAE(VQConfig(resolution=16, width=32, task="text", channels=(8, 16), codebook_size=16, code_dim=4))

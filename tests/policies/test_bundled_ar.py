@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from visalign.evaluate import evaluate
+from visalign.testbed.evaluate import evaluate
 from visalign.images import images_to_tensor, tensor_to_images
-from visalign.models.registry import WEIGHTS_DIR, OracleGenerator, load_generator, load_model
-from visalign.models.vq import VQVAE
-from visalign.world import grammar, plan, verify
+from visalign.testbed.models.registry import WEIGHTS_DIR, OracleGenerator
+from visalign.models.registry import load_generator, load_model
+from visalign.testbed.models.vq import VQVAE
+from visalign.testbed.world import grammar, plan, verify
 
 
 class RoundTrip:

@@ -7,7 +7,7 @@ import pytest
 
 from visalign.cli import main
 from visalign.config import load_train_recipe
-from visalign.evaluate import evaluate
+from visalign.testbed.evaluate import evaluate
 from visalign.models.registry import PolicyGenerator, load_model
 from visalign.trainer.trainer import Trainer
 

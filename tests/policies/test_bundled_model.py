@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from visalign.models.registry import WEIGHTS_DIR, load_generator, load_model
-from visalign.world import grammar, verify
+from visalign.testbed.models.registry import WEIGHTS_DIR
+from visalign.models.registry import load_generator, load_model
+from visalign.testbed.world import grammar, verify
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from visalign.math.schedules import alpha_bar
 from visalign.math.sde import ddim_step
-from visalign.models.builtin import ShapesDiffusionAdapter
+from visalign.testbed.models.builtin import ShapesDiffusionAdapter
 from visalign.policies import DiffusionPolicy, DiffusionSampling, make_policy
 
 PROMPTS = ["a red circle", "three stars", "a circle left of a square"]
@@ -93,7 +93,7 @@ def test_bad_sampling_options_are_one_line_errors(tiny_flow_model):
 def test_several_steps_in_one_forward_equal_one_at_a_time(tiny_flow_model, tiny_vpred_model, family):
     """log_prob(traj, [steps]) batches B x K rows through the network (train.step_chunk) and must equal
     scoring each step alone, values and gradients."""
-    from visalign.models.builtin import ShapesFlowAdapter
+    from visalign.testbed.models.builtin import ShapesFlowAdapter
     from visalign.policies import FlowSampling
 
     if family == "flow":
@@ -137,7 +137,7 @@ def test_on_policy_log_prob_reuses_the_rollouts_unconditional_outputs(tiny_flow_
     network pass per row instead of two) and gives what recomputing it gives; after an optimizer step, or with
     LoRA switched off (the reference), it recomputes."""
     from visalign.models import lora
-    from visalign.models.builtin import ShapesFlowAdapter
+    from visalign.testbed.models.builtin import ShapesFlowAdapter
     from visalign.policies import FlowSampling
 
     if family == "flow":

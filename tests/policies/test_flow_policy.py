@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from visalign.models.builtin import CheckpointError, ShapesFlowAdapter, ShapesModel
+from visalign.testbed.models.builtin import CheckpointError, ShapesFlowAdapter, ShapesModel
 from visalign.policies.flow import FlowPolicy, FlowSampling
 
 PROMPTS = ["a red circle", "three stars", "a circle left of a square"]

@@ -6,9 +6,9 @@ import torch
 
 from visalign.images import images_to_tensor
 from visalign.rewards import REWARDS, load_reward
-from visalign.rewards.learned import DEFAULT_DIR
-from visalign.trainer.reward_pretrain import heldout_renders
-from visalign.world import grammar, verify
+from visalign.testbed.rewards.learned import DEFAULT_DIR
+from visalign.testbed.pretrain.reward_pretrain import heldout_renders
+from visalign.testbed.world import grammar, verify
 
 
 def test_bundled_weights_are_small_fp16_safetensors():

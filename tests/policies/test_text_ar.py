@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from visalign.images import images_to_tensor
-from visalign.models.registry import WEIGHTS_DIR, load_model
-from visalign.models.vq import VQVAE
-from visalign.world import text
+from visalign.testbed.models.registry import WEIGHTS_DIR
+from visalign.models.registry import load_model
+from visalign.testbed.models.vq import VQVAE
+from visalign.testbed.world import text
 
 needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="the tesseract binary is absent "
                                      "(Debian package tesseract-ocr; `make test` and .ci/run install it)")

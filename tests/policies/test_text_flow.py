@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from visalign.images import images_to_tensor
-from visalign.models.registry import WEIGHTS_DIR, load_generator, load_model
-from visalign.world import text
-from visalign.world.grammar import PromptError
+from visalign.testbed.models.registry import WEIGHTS_DIR
+from visalign.models.registry import load_generator, load_model
+from visalign.testbed.world import text
+from visalign.testbed.world.grammar import PromptError
 
 
 def test_text_flow_is_bundled_small_fp16():

@@ -95,7 +95,7 @@ def test_dpok_adds_the_kl_to_the_reference_and_needs_a_positive_beta():
 
 
 def test_ddpo_refuses_a_deterministic_sampler(tiny_ddpm_model):
-    from visalign.models.builtin import ShapesDiffusionAdapter
+    from visalign.testbed.models.builtin import ShapesDiffusionAdapter
     from visalign.policies import DiffusionSampling, make_policy
 
     policy = make_policy(ShapesDiffusionAdapter(tiny_ddpm_model))

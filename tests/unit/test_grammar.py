@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from visalign.world import grammar, render, verify
-from visalign.world.grammar import PromptError, parse_prompt
-from visalign.world.vocab import CATEGORIES
+from visalign.testbed.world import grammar, render, verify
+from visalign.testbed.world.grammar import PromptError, parse_prompt
+from visalign.testbed.world.vocab import CATEGORIES
 
 
 @pytest.mark.parametrize("category", CATEGORIES)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from visalign.models.builtin import CheckpointError
-from visalign.models.reward_net import RewardNet, RewardNetConfig
+from visalign.testbed.models.builtin import CheckpointError
+from visalign.testbed.models.reward_net import RewardNet, RewardNetConfig
 from visalign.rewards import REWARDS, load_reward
-from visalign.rewards.learned import LearnedGenEvalSReward
+from visalign.testbed.rewards.learned import LearnedGenEvalSReward
 
 PROMPTS = ["a red circle", "three stars", "a circle left of a square", "a red circle and a blue square"]
 
@@ -120,7 +120,7 @@ def test_bad_paths_fail_in_one_line_naming_what_was_tried(net, tmp_path):
         RewardNet.from_pretrained(tmp_path / "broken")
     assert str(tmp_path / "broken" / "model.safetensors") in str(e.value) and "\n" not in str(e.value)
 
-    from visalign.models.registry import WEIGHTS_DIR
+    from visalign.testbed.models.registry import WEIGHTS_DIR
 
     with pytest.raises(CheckpointError, match="not a reward model") as e:  # a generator's directory
         RewardNet.from_pretrained(WEIGHTS_DIR / "shapes-flow")
@@ -128,14 +128,14 @@ def test_bad_paths_fail_in_one_line_naming_what_was_tried(net, tmp_path):
 
 
 def test_prompt_outside_the_vocabulary_is_a_one_line_error(net):
-    from visalign.world.grammar import PromptError
+    from visalign.testbed.world.grammar import PromptError
 
     with pytest.raises(PromptError, match="unknown word 'dog'"):
         LearnedGenEvalSReward(net=net)(_images(1), ["a dog"])
 
 
 def test_metrics_against_hand_computed_values():
-    from visalign.trainer.reward_pretrain import agreement_metrics, roc_auc, spearman
+    from visalign.testbed.pretrain.reward_pretrain import agreement_metrics, roc_auc, spearman
 
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
     assert roc_auc(np.array([1, 1]), np.array([0.1, 0.2])) is None
@@ -145,8 +145,8 @@ def test_metrics_against_hand_computed_values():
 
 
 def test_training_pairs_are_labelled_by_the_verifier_balanced_and_from_train_prompts():
-    from visalign.trainer.reward_pretrain import PairStream, RewardPretrainConfig, SpecEditor
-    from visalign.world import grammar, verify
+    from visalign.testbed.pretrain.reward_pretrain import PairStream, RewardPretrainConfig, SpecEditor
+    from visalign.testbed.world import grammar, verify
 
     editor = SpecEditor()
     cfg = RewardPretrainConfig(batch_size=32, generator_fraction=0.0, morph_prob=0.5, distractor_prob=0.5)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from visalign import monitor
-from visalign.evaluate import readings
-from visalign.world import grammar, verify
-from visalign.world.render import SceneObject, draw
+from visalign.testbed.evaluate import LOWER_IS_BETTER, READINGS, readings
+from visalign.testbed.world import grammar, verify
+from visalign.testbed.world.render import SceneObject, draw
 
 
 def test_paired_change_is_the_mean_difference_and_its_standard_error():
@@ -48,7 +48,7 @@ def _renders(n: int, extra: bool, wrong: bool, seed: int = 0):
 def test_warning_fires_when_the_reward_rises_by_adding_objects_nobody_asked_for():
     base = _series(*_renders(60, extra=False, wrong=True), train="geneval_rules")  # rules 0.5, exact 0.5
     hacked = _series(*_renders(60, extra=True, wrong=False), train="geneval_rules")  # rules 1.0, exact 0.0
-    line = monitor.hacking_warning(base, hacked, {"reward": "the training reward", **monitor.READINGS})
+    line = monitor.hacking_warning(base, hacked, {"reward": "the training reward", **READINGS}, lower_is_better=LOWER_IS_BETTER)
     assert line is not None and "\n" not in line
     assert "the training reward rose 0.500 -> 1.000" in line
     assert "the exact reading fell 0.500 -> 0.000" in line and "extra objects per image rose 0.000 -> 1.000" in line
@@ -57,10 +57,10 @@ def test_warning_fires_when_the_reward_rises_by_adding_objects_nobody_asked_for(
 def test_warning_stays_quiet_when_every_reading_rises_or_the_reward_does_not():
     base = _series(*_renders(60, extra=False, wrong=True), train="exact")
     honest = _series(*_renders(60, extra=False, wrong=False), train="exact")  # rules and exact 0.5 -> 1.0
-    assert monitor.hacking_warning(base, honest, monitor.READINGS) is None
+    assert monitor.hacking_warning(base, honest, READINGS, lower_is_better=LOWER_IS_BETTER) is None
     # the exact reading as the training reward falls with the extra objects: no rise, no hacking warning
     hacked = _series(*_renders(60, extra=True, wrong=False), train="exact")
-    assert monitor.hacking_warning(base, hacked, monitor.READINGS) is None
+    assert monitor.hacking_warning(base, hacked, READINGS, lower_is_better=LOWER_IS_BETTER) is None
 
 
 def test_a_fall_within_the_noise_is_not_reported():
@@ -106,7 +106,7 @@ def test_the_warning_on_recorded_runs(arm, warns):
     assert base["prompts"] == now["prompts"] and len(base["prompts"]) == 300
     series = [{k: np.asarray(v) for k, v in e["series"].items()} for e in (base, now)]
     assert all(np.array_equal(s["lenient"], s["geneval_rules"] - s["exact"]) for s in series)
-    line = monitor.hacking_warning(*series, monitor.READINGS)
+    line = monitor.hacking_warning(*series, READINGS, lower_is_better=LOWER_IS_BETTER)
     if warns:
         # GenEval's rules 0.520 -> 0.777 while the passes that need extra objects rose 0.080 -> 0.237
         assert line is not None and "images that pass GenEval's rules only with objects nobody asked for rose" in line

@@ -7,7 +7,7 @@ import torch
 from visalign.math.losses import nft_loss, nft_optimality, nft_reward_term
 from visalign.trainer.ema import EMAWeights
 from visalign.trainer.trainer import PromptSampler
-from visalign.world.vocab import CATEGORIES
+from visalign.testbed.world.vocab import CATEGORIES
 
 
 def test_nft_optimality_maps_advantages_to_unit_interval():
@@ -106,7 +106,7 @@ def test_nft_trains_the_guided_velocity_when_asked(tiny_flow_model):
     from contextlib import nullcontext
 
     from visalign.algorithms import load_algorithm
-    from visalign.models.builtin import ShapesFlowAdapter
+    from visalign.testbed.models.builtin import ShapesFlowAdapter
     from visalign.policies.flow import FlowPolicy, FlowSampling
 
     policy = FlowPolicy(ShapesFlowAdapter(tiny_flow_model))

@@ -18,8 +18,8 @@ from visalign.images import images_to_tensor
 from visalign.rewards import load_reward
 from visalign.rewards import ocr as ocr_module
 from visalign.rewards.ocr import TesseractMissing, edit_distance, ocr_score
-from visalign.world import text
-from visalign.world.grammar import PromptError
+from visalign.testbed.world import text
+from visalign.testbed.world.grammar import PromptError
 
 needs_tesseract = pytest.mark.skipif(ctypes.util.find_library("tesseract") is None,
                                      reason="tesseract is absent (Debian package tesseract-ocr; "

@@ -12,8 +12,8 @@ from visalign.images import images_to_tensor
 from visalign.rewards import Reward, load_reward, load_reward_spec
 from visalign.rewards.base import RewardInputError
 from visalign.types import RewardOutput
-from visalign.world import grammar, render
-from visalign.world import text as text_world
+from visalign.testbed.world import grammar, render
+from visalign.testbed.world import text as text_world
 
 SHAPE_PROMPTS = ["a red circle", "two squares", "a blue star"]
 WORDS = ["CAT", "DOG", "SUN"]

@@ -33,7 +33,7 @@ def test_lr_factor_refuses_an_unknown_schedule():
 
 
 def test_every_loop_uses_it():
-    from visalign.trainer import pretrain, reward_pretrain, token_pretrain
+    from visalign.testbed.pretrain import pretrain, reward_pretrain, token_pretrain
     from visalign.trainer.trainer import lr_at
 
     rl = TrainConfig(iterations=4, lr=1.0, lr_schedule="cosine", warmup_iterations=1)

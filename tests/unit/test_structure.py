@@ -104,7 +104,7 @@ def test_every_registered_reward_and_algorithm_satisfies_its_protocol():
 
 
 def test_builtin_and_diffusers_adapters_and_policies_satisfy_their_protocols(tiny_flow_model, tiny_vpred_model):
-    from visalign.models.builtin import ShapesDiffusionAdapter, ShapesFlowAdapter
+    from visalign.testbed.models.builtin import ShapesDiffusionAdapter, ShapesFlowAdapter
     from visalign.models.registry import load_model
     from visalign.policies import make_policy
 
@@ -138,12 +138,13 @@ def test_tiny_diffusers_adapters_satisfy_the_protocol():
 def no_loading(monkeypatch):
     """Any model load fails the test: the checks must come before."""
     import visalign.models.registry as reg
+    import visalign.testbed.models.builtin as builtin
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the recipe's options were checked")
 
     monkeypatch.setattr(reg, "load_model", refuse)
-    monkeypatch.setattr(reg, "ShapesModel", None)
+    monkeypatch.setattr(builtin.ShapesModel, "from_pretrained", refuse)
 
 
 @pytest.mark.parametrize("recipe,override,message", [

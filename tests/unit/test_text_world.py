@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from visalign.models.builtin import ShapesFlowAdapter, ShapesModel, ShapesModelConfig
+from visalign.testbed.models.builtin import ShapesFlowAdapter, ShapesModel, ShapesModelConfig
 from visalign.models.registry import PolicyGenerator
 from visalign.prompts import load_prompt_set
-from visalign.trainer.pretrain import TextStream
-from visalign.world import text
-from visalign.world.grammar import PromptError
+from visalign.testbed.pretrain.pretrain import TextStream
+from visalign.testbed.world import text
+from visalign.testbed.world.grammar import PromptError
 
 
 def test_parse_and_tokens():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from visalign.models.text import NULL, PAD, TextEncoder, WordTokenizer
-from visalign.world.grammar import PromptError
+from visalign.testbed.models.text import NULL, PAD, TextEncoder, WordTokenizer
+from visalign.testbed.world.grammar import PromptError
 
 
 def test_encodes_words_pads_and_null_prompt():

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from visalign.models.builtin import ShapesModel, ShapesModelConfig
-from visalign.models.unet import POS_FREQS, AttnBlock, position_features
+from visalign.testbed.models.builtin import ShapesModel, ShapesModelConfig
+from visalign.testbed.models.unet import POS_FREQS, AttnBlock, position_features
 
 
 def test_position_features_hand_worked():

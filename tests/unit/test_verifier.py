@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from visalign.world import grammar, render, verify
-from visalign.world.geometry import relations
-from visalign.world.grammar import parse_prompt
-from visalign.world.render import SceneObject, draw
-from visalign.world.vocab import CATEGORIES
+from visalign.testbed.world import grammar, render, verify
+from visalign.testbed.world.geometry import relations
+from visalign.testbed.world.grammar import parse_prompt
+from visalign.testbed.world.render import SceneObject, draw
+from visalign.testbed.world.vocab import CATEGORIES
 
 
 def _accuracy(perturbed: bool, resolution: int = 32, n: int = 60, seed: int = 0):
@@ -79,7 +79,7 @@ def test_relations_follow_genevals_rule():
 
 
 def test_oracle_scores_through_evaluate():
-    from visalign.evaluate import evaluate
+    from visalign.testbed.evaluate import evaluate
     from visalign.models.registry import load_generator
 
     res = evaluate(load_generator("oracle"), per_category=20, seed=0)

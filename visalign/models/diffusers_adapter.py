@@ -21,7 +21,7 @@ float32), resolution (image side in pixels; default the pipeline's), flux_guidan
 guidance value, default 3.5, used when the transformer embeds guidance), max_sequence_length (T5 tokens;
 default the pipeline's, 256 for SD3 and 512 for FLUX), local_files_only (true | false, default true: offline).
 
-A pipeline folder with a `sampling.json` (the bundled shapes pipelines, models/shapes_pipelines.py) brings its
+A pipeline folder with a `sampling.json` (the bundled shapes pipelines carry one) brings its
 sampling defaults: num_inference_steps, guidance_scale and max_sequence_length, the pipeline-call arguments
 it was trained with.
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .shapes_pipelines import quiet, read_sampling
+from .pipeline_files import quiet, read_sampling
 
 SUPPORTED = {
     "StableDiffusionPipeline": "sd",

@@ -163,7 +163,7 @@ def _save_pipeline(adapter, out: Path) -> None:
     """pipe.save_pretrained, plus what the source folder held beside the components that save_pretrained does not
     write: its sampling.json (the steps and guidance the model is meant to be sampled with) and the tokenizers'
     vocab.json / merges.txt (which transformers 4 reads)."""
-    from .shapes_pipelines import SAMPLING_NAME, quiet
+    from .pipeline_files import SAMPLING_NAME, quiet
 
     with quiet():  # no "tokenizer_3=None cannot be saved" for an SD3 without T5
         adapter.pipe.save_pretrained(out)

@@ -35,18 +35,20 @@ class Base:
 
 def describe_base(spec: str) -> Base:
     """The recipe's `model` spec -> Base (no network: a hub license is read only from the local HF cache)."""
-    from .registry import DIFFUSERS_PREFIX, WEIGHTS_DIR
+    from ..plugins import load_plugins
+    from .registry import BUNDLED_FOLDERS, DIFFUSERS_PREFIX
 
+    load_plugins()  # they name their bundled models' folders
     name, opts = split_spec(spec)
     if name.startswith(DIFFUSERS_PREFIX):
         where = name[len(DIFFUSERS_PREFIX):]
         if not Path(where).exists() and HUB_ID.match(where):
             return Base(spec, where, None, None, _hub_license(where))
         return Base(spec, None, where, None, _folder_license(Path(where)))
-    if name.startswith("builtin:"):
+    if name in BUNDLED_FOLDERS:
         if opts.get("path"):  # a bundled model's architecture with the user's own weights
             return Base(spec, None, str(opts["path"]), None, _folder_license(Path(str(opts["path"]))))
-        return Base(spec, None, str(WEIGHTS_DIR / name.split(":", 1)[1]), name, _package_license())
+        return Base(spec, None, str(BUNDLED_FOLDERS[name]), name, _package_license())
     return Base(spec, None, name, None, _folder_license(Path(name)))  # a folder saved by save_pretrained
 
 
@@ -284,7 +286,7 @@ def _base_lines(base: Base) -> list[str]:
     if base.hub_id:
         return ["", f"base = {json.dumps(base.hub_id)}"]
     if base.bundled:
-        return ["from visalign.models.registry import WEIGHTS_DIR  # visalign's bundled weights", "",
+        return ["from visalign.testbed.models.registry import WEIGHTS_DIR  # visalign's bundled weights", "",
                 f"base = str(WEIGHTS_DIR / {json.dumps(Path(base.path).name)})"]
     return ["", f"base = {json.dumps(base.path)}"]
 
@@ -292,7 +294,7 @@ def _base_lines(base: Base) -> list[str]:
 def _sample_line(prompt: str, folder: str | None, var: str, on_hub: bool = False) -> str:
     """The call that makes an image, with the folder's sampling.json (the steps and guidance the bundled
     pipelines are meant to be sampled with) where it has one."""
-    from .shapes_pipelines import SAMPLING_NAME
+    from .pipeline_files import SAMPLING_NAME
 
     if not (folder and (Path(folder) / SAMPLING_NAME).is_file()):
         return f"image = pipe({json.dumps(prompt)}).images[0]"

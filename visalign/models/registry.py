@@ -6,23 +6,25 @@ passed to its factory as typed keyword arguments (a recipe's `model_options` are
 `diffusers:<path-or-hub-id>` loads offline by default (a local folder or the Hugging Face cache);
 `?local_files_only=false` lets diffusers download a hub id. A user's diffusers pipeline takes any prompt; the
 other models are world models (is_world_model), drawing only their world's words, so their prompts are held to
-its grammar."""
+its grammar: an adapter that has `parse_prompt` (a generator: `parse`) holds prompts to it.
+
+The core registers the diffusers adapter only; plugins register the rest (visalign/plugins.py; the GenEval-S
+testbed's models: visalign/testbed/models/registry.py), and may register a loader of saved model folders
+(MODEL_FOLDERS), bundled diffusers pipelines (BUNDLED_PIPELINES) and where a bundled model's files are
+(BUNDLED_FOLDERS)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 
-from ..config import NonNegativeFloat, PositiveInt, Range, check_options
+from ..config import PositiveInt, check_options
 from ..images import tensor_to_images
 from ..protocols import adapter_problem
 from ..registry import Registry, is_module_spec, split_spec
-from ..world import grammar, render
-from .builtin import ShapesDiffusionAdapter, ShapesFlowAdapter, ShapesModel
+from ..plugins import load_plugins
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 def _model_factory(obj) -> str | None:
     """What MODELS holds: a function or class that builds an adapter (or a generator); not a built object."""
@@ -36,6 +38,11 @@ def _model_factory(obj) -> str | None:
 
 
 MODELS = Registry("model", check=_model_factory)
+# folder loaders registered by plugins: loader(path, **options) -> a model adapter, or None when the folder is not
+# one it loads; load_model tries them in name order on a folder path that is not a registered name
+MODEL_FOLDERS = Registry("model folder loader")
+BUNDLED_PIPELINES: list[str] = []  # registered model names that load a diffusers pipeline folder (plugins add)
+BUNDLED_FOLDERS: dict = {}  # registered model name -> the folder its bundled files are in (model cards)
 
 
 def check_batch(prompts, seeds) -> None:
@@ -49,29 +56,6 @@ def check_batch(prompts, seeds) -> None:
     bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
     if bad:
         raise ValueError(f"generate: seeds must be integers >= 0, got {bad[:3]}")
-
-
-class OracleGenerator:
-    """Renders each prompt exactly (a random scene satisfying it), optionally blurred and noised, or with
-    `distractors` random objects nobody asked for beside it (what GenEval's rules let through and the exact
-    reading does not): it measures the verifier, not a model."""
-
-    def __init__(self, resolution: Annotated[int, Range(ge=1, le=4096)] = 32, blur: NonNegativeFloat = 0.0,
-                 noise: NonNegativeFloat = 0.0, distractors: int = 0):
-        if distractors < 0:  # its own message (the CLI's tests read it); the other ranges are the annotations'
-            raise ValueError(f"oracle: distractors must be >= 0, got {distractors}")
-        self.resolution, self.blur, self.noise, self.distractors = resolution, blur, noise, distractors
-
-    def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
-        check_batch(prompts, seeds)
-        out = []
-        for p, s in zip(prompts, seeds):
-            rng = np.random.default_rng(int(s))
-            img = render.render(grammar.parse_prompt(p), rng, self.resolution, self.distractors)
-            if self.blur or self.noise:
-                img = render.perturb(img, rng, self.blur, self.noise)
-            out.append(img)
-        return np.stack(out)
 
 
 class PolicyGenerator:
@@ -98,11 +82,11 @@ class PolicyGenerator:
         self.sampling = dataclasses.replace(self.sampling, **sampler)  # then the Sampling checks the values
         self.batch_size = batch_size
         self.validate = validate  # prompts must parse in the model's world task (a clear error for a typo)
-        self.parse = getattr(adapter, "parse_prompt", grammar.parse_prompt)  # built-in text models: the text grammar
+        self.parse = getattr(adapter, "parse_prompt", None)  # the grammar the model reads, where it has one
 
     def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
         check_batch(prompts, seeds)
-        for p in prompts if self.validate else []:
+        for p in prompts if self.validate and self.parse is not None else []:
             if p:
                 self.parse(p)
         out = []
@@ -112,70 +96,12 @@ class PolicyGenerator:
         return np.concatenate(out)
 
 
-# the class itself: load_model types its options from its __init__'s annotations
-MODELS.register("oracle", "renders the prompt exactly (options: blur, noise, resolution, distractors: random objects "
-                "nobody asked for beside it)")(OracleGenerator)
-
-
-def builtin_adapter(model: ShapesModel):
-    """The policy adapter of a built-in model: by what it predicts."""
-    return (ShapesFlowAdapter if model.config.prediction == "velocity" else ShapesDiffusionAdapter)(model)
-
-
-@MODELS.register("builtin:shapes-flow", "bundled 2.7M-param rectified-flow UNet, 32x32 (option: path)")
-def _shapes_flow(path: str | None = None):
-    return ShapesFlowAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-flow"))
-
-
-@MODELS.register("builtin:shapes-ddpm", "bundled 2.7M-param v-prediction DDPM UNet (cosine schedule), 32x32 "
-                 "(option: path)")
-def _shapes_ddpm(path: str | None = None):
-    return ShapesDiffusionAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "shapes-ddpm"))
-
-
-@MODELS.register("builtin:text-flow", "bundled 0.68M-param rectified-flow UNet of the text task: signs that say a "
-                 "1-4 letter word, 32x64 (option: path)")
-def _text_flow(path: str | None = None):
-    return ShapesFlowAdapter(ShapesModel.from_pretrained(path or WEIGHTS_DIR / "text-flow"))
-
-
-@MODELS.register("builtin:shapes-ar", "bundled autoregressive GPT over 8x8 VQ tokens (builtin:shapes-vq) with an "
-                 "optional layout plan (options: path, tokenizer, temperature, top_k, plan)")
-def _shapes_ar(path: str | None = None, tokenizer: str | None = None, **sampling):
-    default_tokenizer = WEIGHTS_DIR / "shapes-vq" if path is None else None  # a saved model carries its own
-    return _token_model("builtin:shapes-ar", path or WEIGHTS_DIR / "shapes-ar", tokenizer or default_tokenizer,
-                        sampling, ("temperature", "top_k", "plan"))
-
-
-@MODELS.register("builtin:text-ar", "bundled autoregressive GPT of the text task: signs as 8x16 VQ tokens "
-                 "(builtin:text-vq) (options: path, temperature, top_k)")
-def _text_ar(path: str | None = None, **sampling):
-    tokenizer = WEIGHTS_DIR / "text-vq" if path is None else None  # a saved model carries its own
-    return _token_model("builtin:text-ar", path or WEIGHTS_DIR / "text-ar", tokenizer, sampling, ("temperature", "top_k"))
-
-
-def _token_model(name: str, path, tokenizer, sampling: dict, accepted: tuple[str, ...]):
-    """A GPT folder (+ its tokenizer; default PATH/tokenizer) with sampling defaults overridden by options."""
-    import dataclasses
-
-    from .ar import load_ar
-
-    unknown = sorted(set(sampling) - set(accepted))
-    if unknown:
-        raise ValueError(f"{name} does not take options {unknown}; accepted: path, "
-                         f"{'tokenizer, ' if 'plan' in accepted else ''}{', '.join(accepted)}")
-    adapter = load_ar(path, tokenizer)
-    sampling = check_options(type(adapter.config), sampling, f"model '{name}'")  # types (a number is a number)
-    adapter.config = adapter.model.config = dataclasses.replace(adapter.config, **sampling)  # checked by ARSampling
-    return adapter
-
-
 DIFFUSERS_PREFIX = "diffusers:"
-BUNDLED_PIPELINES = ("builtin:shapes-sd3", "builtin:shapes-sd15")  # diffusers pipeline folders in WEIGHTS_DIR
 
 
 def is_diffusers_spec(spec: str) -> bool:
     """Whether a model spec loads a diffusers pipeline: a user's `diffusers:` one or a bundled one."""
+    load_plugins()  # they add their bundled pipelines
     name = spec.split("?", 1)[0]
     return name.startswith(DIFFUSERS_PREFIX) or name in BUNDLED_PIPELINES
 
@@ -216,37 +142,8 @@ def _diffusers(path: str, **opts):
     return load_diffusers(path, **opts)
 
 
-@MODELS.register("builtin:shapes-sd3", "bundled StableDiffusion3Pipeline of the shapes world (MMDiT over builtin:shapes-vae "
-                 "latents, two CLIP text encoders, no T5; 3.7M params), loaded by the diffusers adapter as a user's "
-                 "SD3 is (options: path, dtype, max_sequence_length)")
-def _shapes_sd3(path: str | None = None, **opts):
-    return _bundled_pipeline("shapes-sd3", path, **opts)
-
-
-@MODELS.register("builtin:shapes-sd15", "bundled StableDiffusionPipeline of the shapes world (UNet2DConditionModel "
-                 "over builtin:shapes-vae latents, one CLIP text encoder, v-prediction DDIM; 4.0M params), loaded by the "
-                 "diffusers adapter as a user's SD1.5 is (options: path, dtype)")
-def _shapes_sd15(path: str | None = None, **opts):
-    return _bundled_pipeline("shapes-sd15", path, **opts)
-
-
-def _bundled_pipeline(folder: str, path: str | None, **opts):
-    """A bundled pipeline folder (or `path`), through the diffusers adapter a user's pipeline takes."""
-    from .diffusers_adapter import load_diffusers
-
-    return load_diffusers(str(path or WEIGHTS_DIR / folder), **opts)
-
-
-def _folder_options(device: str = "cpu"):
-    """The options of a saved built-in model folder (ShapesModel.from_pretrained's, but its path)."""
-
-
-# the families of the built-in factories (their `family` attribute: load_train_recipe reads it to check a recipe's
-# sampling keys before anything loads; a user's `module:factory` may set one the same way)
-for _factory, _family in ((_shapes_flow, "flow"), (_shapes_ddpm, "diffusion"), (_text_flow, "flow"),
-                          (_shapes_ar, "autoregressive"), (_text_ar, "autoregressive"), (_shapes_sd3, "flow"),
-                          (_shapes_sd15, "diffusion")):
-    _factory.family = _family
+# a factory's policy family is its `family` attribute (the plugins' built-ins set one; a user's `module:factory` may
+# too): load_train_recipe reads it to check a recipe's sampling keys before anything loads
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "diffusion", "StableDiffusionXLPipeline": "diffusion",
                      "StableDiffusion3Pipeline": "flow", "FluxPipeline": "flow"}  # model_index.json's _class_name
 
@@ -274,28 +171,17 @@ def _pipeline_family(source: str) -> str | None:
 
 def model_family(spec: str) -> str | None:
     """The policy family of a model spec without loading its weights: a factory's declared `family` (the built-ins,
-    and a `module:factory` that sets one), a diffusers pipeline's model_index.json (local, or in the hub cache), a
-    saved built-in folder's config. None when that cannot be known cheaply (a hub id not in the cache, a factory
-    declaring none, the oracle, which is no policy)."""
-    import json
-
+    and a `module:factory` that sets one), a diffusers pipeline's model_index.json (local, or in the hub cache). None
+    when that cannot be known cheaply (a hub id not in the cache, a saved model folder, a factory declaring none, the
+    oracle, which is no policy)."""
     name, _ = split_spec(spec)
     if name.startswith(DIFFUSERS_PREFIX):
         return _pipeline_family(name[len(DIFFUSERS_PREFIX):])
     if name in MODELS or is_module_spec(name):
         family = getattr(MODELS.get(name), "family", None)
         return family if isinstance(family, str) else None
-    folder = Path(name)
-    if folder.is_dir():
-        from .ar import TOKENIZER_DIR
-
-        if (folder / TOKENIZER_DIR).is_dir():
-            return "autoregressive"
-        try:
-            prediction = json.loads((folder / "config.json").read_text()).get("prediction")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return {"velocity": "flow", None: None}.get(prediction, "diffusion")
+    if Path(name).is_dir():  # a pipeline folder saved by diffusers; other saved models are checked when they load
+        return _pipeline_family(name)
     return None
 
 
@@ -320,16 +206,17 @@ def load_model(spec: str):
         name = DIFFUSERS_PREFIX + "<path-or-hub-id>"
     elif name not in MODELS and Path(name).is_dir():
         from ..trainer.checkpoint import run_of_folder
-        from .ar import TOKENIZER_DIR
 
         run = run_of_folder(name)
         if run is not None:  # a run holds training state, not a model folder
             raise ValueError(f"model '{name}' is a visalign run or checkpoint folder, not a model folder; export it "
                              f"first: `visalign export {run} --format merged --out DIR`, then --model DIR")
-        if (Path(name) / TOKENIZER_DIR).is_dir():  # a token model saved with its tokenizer (models/ar.py)
-            return _shapes_ar(path=name, **opts)
-        opts = check_options(_folder_options, opts, f"model folder '{name}'")  # ?bogus=1: one line
-        return builtin_adapter(ShapesModel.from_pretrained(name, **opts))
+        for loader in MODEL_FOLDERS.names():
+            adapter = MODEL_FOLDERS.get(loader)(name, **opts)
+            if adapter is not None:
+                return adapter
+        raise ValueError(f"model folder '{name}' is not one a registered loader reads; accepted: a registered name "
+                         f"(visalign list), a saved model folder, or diffusers:<path-or-hub-id>")
     factory = MODELS.get(name)
     opts = check_options(factory, opts, f"model '{name}'")  # typed from its signature: ?steps=abc is one line
     try:

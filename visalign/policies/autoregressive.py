@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 from ..types import StepLogProb, Trajectory
-from ..world import plan as plan_lang
 
 AR_KINDS = ("sample", "greedy")
 
@@ -40,9 +39,7 @@ class ARSampling:
             raise ValueError(f"unknown step kind '{self.kind}'; accepted: {', '.join(AR_KINDS)}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}; use kind greedy for argmax decoding")
-        if isinstance(self.plan, str):
-            plan_lang.parse_plan(self.plan)  # a PlanError (one line) when it does not parse
-        elif not isinstance(self.plan, bool):
+        if not isinstance(self.plan, (bool, str)):  # a plan text is checked by the model's plan grammar (policy)
             raise ValueError(f"plan must be true, false or a plan text, got {self.plan!r}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"top_k must be >= 1 (or null for no top-k), got {self.top_k}")
@@ -65,12 +62,25 @@ def token_log_probs(cond: torch.Tensor, uncond: torch.Tensor | None, allowed: to
 
 
 class AutoregressivePolicy:
+    """The token adapter interface (the bundled one: visalign/testbed/models/ar.py): encode(prompts) -> ids,
+    predict(ids, start, cache) -> (logits, cache), new_cache(), decode(tokens) -> images, config (codebook_size and
+    the sampling defaults), gen_length, prompt_length, offset, and a plan slot of plan_length tokens (0: none) over
+    the first n_plan output ids whose grammar is `plan_grammar`: parse_plan(text) (raises on a bad plan),
+    encode_plan(text) -> ids, allowed_next(prefix [R, j], enabled) -> [R, n_plan] bool."""
+
     Sampling = ARSampling
     STOCHASTIC_KINDS = ("sample",)
 
     def __init__(self, adapter, sampling=None):
         self.adapter = adapter
-        self.sampling = sampling if sampling is not None else self.eval_sampling()
+        self.sampling = self.check(sampling) if sampling is not None else self.eval_sampling()
+
+    def check(self, s: ARSampling) -> ARSampling:
+        """A sampling whose plan text the model's plan grammar reads (its one-line error otherwise)."""
+        grammar = getattr(self.adapter, "plan_grammar", None)
+        if isinstance(s.plan, str) and grammar is not None:
+            grammar.parse_plan(s.plan)
+        return s
 
     def eval_sampling(self, steps: int | None = None, guidance: float | None = None) -> ARSampling:
         """The model's own sampling defaults (AR evaluation samples: argmax decoding repeats itself)."""
@@ -78,8 +88,8 @@ class AutoregressivePolicy:
             raise ValueError(f"an autoregressive model has no sampling steps (got steps={steps}); it writes "
                              f"{self.adapter.gen_length} tokens")
         c = self.adapter.config
-        return ARSampling(guidance_scale=c.guidance_scale if guidance is None else guidance,
-                          temperature=c.temperature, top_k=c.top_k, plan=c.plan)
+        return self.check(ARSampling(guidance_scale=c.guidance_scale if guidance is None else guidance,
+                                     temperature=c.temperature, top_k=c.top_k, plan=c.plan))
 
     def stochastic_mask(self, sampling=None) -> torch.Tensor:
         s = sampling or self.sampling
@@ -93,9 +103,9 @@ class AutoregressivePolicy:
         a = self.adapter
         out = torch.zeros(tokens.shape[0], a.n_plan + a.config.codebook_size, dtype=torch.bool)
         if j < a.plan_length and isinstance(s.plan, str):  # a given plan: its word is the only choice
-            out[:, plan_lang.encode_plan(s.plan)[j]] = True
+            out[:, a.plan_grammar.encode_plan(s.plan)[j]] = True
         elif j < a.plan_length:
-            out[:, : a.n_plan] = plan_lang.allowed_next(tokens[:, :j].cpu(), enabled=s.plan)
+            out[:, : a.n_plan] = a.plan_grammar.allowed_next(tokens[:, :j].cpu(), enabled=s.plan)
         else:
             out[:, a.n_plan :] = True
         return out.to(tokens.device)
@@ -112,7 +122,7 @@ class AutoregressivePolicy:
         """Draw gen_length tokens per prompt, one forward of one token per step on the KV cache."""
         if init_seeds is not None or latents is not None:
             raise ValueError("a token policy has no initial noise: shared_initial_noise and latents do not apply")
-        s, a = sampling or self.sampling, self.adapter
+        s, a = self.check(sampling or self.sampling), self.adapter
         b, n = len(prompts), a.gen_length
         ids, guided = self.conditions(prompts, s)  # [R, L]
         # one uniform per (sample, token) from the sample's own seed: the draws do not depend on the batch

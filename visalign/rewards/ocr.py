@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes.util
 import os
+import re
 import select
 import struct
 import subprocess
@@ -37,8 +38,8 @@ import torch
 
 from ..config import PositiveFloat
 from ..images import tensor_to_images
+from ..prompts import PromptError
 from ..types import RewardOutput
-from ..world import text as text_world
 from .base import REWARDS, Reward
 from .tesseract_worker import READY
 
@@ -49,6 +50,22 @@ UPSCALE, MARGIN = 4, 16  # tesseract reads capitals best at ~30-50 px high; our 
 PSMS = {6: "a uniform block of text", 7: "one text line", 8: "one word", 13: "one raw line"}
 PREPROCESS = ("none", "otsu-crop")
 WORKER_SCRIPT = Path(__file__).with_name("tesseract_worker.py")
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # what tesseract may read (its whitelist): a target must be written in it
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def target_text(prompt: str) -> str:
+    """The text a prompt asks the image to show: the one double-quoted part (`a sign that says "CAT"` -> CAT, as
+    Flow-GRPO's OCR prompts give it), in ALPHABET; anything else -> a one-line PromptError."""
+    found = _QUOTED.findall(prompt)
+    if len(found) != 1 or not found[0]:
+        raise PromptError(f"prompt {prompt!r} does not name one text to read; accepted: the text in double quotes, "
+                          f'e.g. a sign that says "CAT" (capital letters A-Z)')
+    bad = sorted({c for c in found[0] if c not in ALPHABET})
+    if bad:
+        raise PromptError(f"text {found[0]!r} has characters outside the OCR alphabet: {''.join(bad)!r}; accepted: "
+                          f"capital letters A-Z")
+    return found[0]
 
 
 class TesseractMissing(RuntimeError):
@@ -211,13 +228,13 @@ def read_with_command(images: np.ndarray, command: str = "tesseract", psm: int =
         with open(os.path.join(d, "pages.txt"), "w") as f:
             f.write("\n".join(paths) + "\n")
         res = subprocess.run([command, os.path.join(d, "pages.txt"), "stdout", "--psm", str(psm), "-c",
-                              f"tessedit_char_whitelist={text_world.ALPHABET}"], capture_output=True, check=True,
+                              f"tessedit_char_whitelist={ALPHABET}"], capture_output=True, check=True,
                              env={**os.environ, "OMP_THREAD_LIMIT": "1"})
     return ["".join(page.split()) for page in res.stdout.decode(errors="replace").split("\f")[: len(images)]]
 
 
 class OCRReward(Reward):
-    """Scores images against the word of a `a sign that says "WORD"` prompt (visalign.world.text)."""
+    """Scores images against the word of a `a sign that says "WORD"` prompt (or any prompt with its text in double quotes: target_text)."""
 
     name = "ocr"
     differentiable = False
@@ -234,7 +251,7 @@ class OCRReward(Reward):
             raise ValueError(f"ocr reward: preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
         library = tesseract_library()
         self.preprocess = preprocess
-        self.pool = [TesseractWorker(library, text_world.ALPHABET, timeout, psm=int(psm)) for _ in range(workers)]
+        self.pool = [TesseractWorker(library, ALPHABET, timeout, psm=int(psm)) for _ in range(workers)]
         self.lock = threading.Lock()  # a worker's pipe carries one batch at a time: callers on threads take turns
 
     def read(self, images: np.ndarray) -> list[str]:
@@ -245,7 +262,7 @@ class OCRReward(Reward):
             return [r for rs in reads for r in rs]
 
     def __call__(self, images, prompts, metadata=None) -> RewardOutput:
-        targets = [text_world.parse_prompt(p).text for p in prompts]  # refuses a prompt outside the grammar first
+        targets = [target_text(p) for p in prompts]  # refuses a prompt without a readable text first
         reads = self.read(tensor_to_images(images))
         scores = torch.tensor([ocr_score(t, r) for t, r in zip(targets, reads)], dtype=torch.float32)
         exact = torch.tensor([float(t == r) for t, r in zip(targets, reads)])

@@ -371,7 +371,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, {"scores": scores, "details": details})
 
     def _run_reward(self, images: torch.Tensor, prompts: list[str], meta: dict):
-        from ..world.grammar import PromptError
+        from ..prompts import PromptError
 
         reward = self.server.reward
         try:

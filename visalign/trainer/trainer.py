@@ -25,7 +25,7 @@ from .. import monitor
 from ..algorithms import load_algorithm
 from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
-from ..evaluate import diversity, eval_items, evaluate, evaluate_reward, reward_scores
+from ..evaluate import diversity, evaluate_reward, reward_scores
 from ..images import save_grid
 from ..math.schedules import lr_factor
 from ..models import lora
@@ -735,13 +735,14 @@ class Trainer:
 
     @property
     def eval_label(self) -> str:
-        """What eval_overall is: the GenEval-S score, or the mean reward on a prompt set without a verifier."""
-        return "GenEval-S" if self.prompt_set.verifier else f"mean {self.recipe.reward} reward"
+        """What eval_overall is: the score of the prompt set's evaluator (GenEval-S: its verifier's), or the mean
+        reward on a prompt set without one."""
+        return self.prompt_set.score_label or f"mean {self.recipe.reward} reward"
 
     def evaluate(self, it: int) -> dict:
         """Held-out prompts with the deterministic sampler: every process generates its part of the images (FSDP
-        needs all in every forward), the main process scores them. GenEval-S is scored by its verifier, other
-        prompt sets by the run's reward (eval_overall is then its mean)."""
+        needs all in every forward), the main process scores them. A prompt set with an evaluator (GenEval-S: its
+        verifier) is scored by it, other prompt sets by the run's reward (eval_overall is then its mean)."""
         out = {}
         with self.sw("eval"), torch.no_grad(), self.ema.swapped() if self.ema else nullcontext():
             net = AutocastAdapter(self.adapter, self.dist.autocast)  # the run's mixed precision
@@ -751,7 +752,8 @@ class Trainer:
                 gen.generate(*self._eval_prompts())
             else:
                 if self.prompt_set.verifier:
-                    res = evaluate(gen, self.cfg.eval_per_category, self.cfg.eval_seed, return_images=True)
+                    res = self.prompt_set.evaluator(gen, self.cfg.eval_per_category, self.cfg.eval_seed,
+                                                    return_images=True)
                 else:
                     res = evaluate_reward(gen, self.reward, self.prompt_set, self.cfg.eval_per_category,
                                           self.cfg.eval_seed)
@@ -774,9 +776,10 @@ class Trainer:
         return out
 
     def _eval_prompts(self) -> tuple[list[str], list[int]]:
-        """The prompts and seeds evaluate() (GenEval-S) or evaluate_reward() (other sets) generates."""
+        """The prompts and seeds the set's evaluator or evaluate_reward() (sets without one) generates: the set's
+        eval items (an evaluator evaluates them: geneval-s:CAT trains on CAT and evaluates all six)."""
         k, seed = self.cfg.eval_per_category, self.cfg.eval_seed
-        items = eval_items(k, seed) if self.prompt_set.verifier else self.prompt_set.eval_items(k, seed)
+        items = self.prompt_set.eval_items(k, seed)
         _, prompts, seeds = zip(*items)
         return list(prompts), list(seeds)
 
@@ -802,9 +805,9 @@ class Trainer:
             return None
         base = {k: np.asarray(v) for k, v in json.loads(base_path.read_text())["series"].items()}
         options = f" {json.dumps(self.recipe.reward_options)}" if self.recipe.reward_options else ""
-        labels = {"reward": f"the training reward ({self.recipe.reward}{options})", **monitor.READINGS,
+        labels = {"reward": f"the training reward ({self.recipe.reward}{options})", **self.prompt_set.readings,
                   **{spec: f"judge {spec}" for spec in self.judges}}
-        return monitor.hacking_warning(base, series, labels)
+        return monitor.hacking_warning(base, series, labels, lower_is_better=self.prompt_set.lower_is_better)
 
     def _save_samples(self, it: int, res: dict) -> None:
         """A fixed grid for the report: the first 8 eval images of each category (same prompts and seeds

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from visalign.config import PositiveInt
-from visalign.models.builtin import ShapesFlowAdapter, ShapesModel, ShapesModelConfig
+from visalign.testbed.models.builtin import ShapesFlowAdapter, ShapesModel, ShapesModelConfig
 
 
 def tiny_flow(width: PositiveInt = 16, seed: int = 0):

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from ..models.reward_net import RewardNet
-from ..types import RewardOutput
-from .base import REWARDS, Reward
+from visalign.types import RewardOutput
+from visalign.rewards.base import REWARDS, Reward
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "weights" / "geneval-s-reward"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "weights" / "geneval-s-reward"  # visalign/weights
 
 
 class LearnedGenEvalSReward(Reward):

@@ -1,5 +1,5 @@
 """The shapes world as real diffusers pipelines, built from configs here and trained by `visalign pretrain`
-(trainer/pipeline_pretrain.py):
+(pretrain/pipeline_pretrain.py):
 
   shapes-sd3   StableDiffusion3Pipeline: an SD3Transformer2DModel (MMDiT: joint text-image attention) over
                AutoencoderKL latents, SD3's two CLIPTextModelWithProjection encoders (T5 left out, as the
@@ -25,15 +25,15 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from visalign.models.pipeline_files import SAMPLING_NAME, quiet, read_sampling  # noqa: F401  (re-exported)
+
 from ..world.vocab import vocabulary
 
-SAMPLING_NAME = "sampling.json"
 KINDS = ("sd3", "sd15")
 PIPELINES = {"sd3": "StableDiffusion3Pipeline", "sd15": "StableDiffusionPipeline"}
 
@@ -262,30 +262,6 @@ def _replace_dir(write, out: Path) -> None:
                 shutil.rmtree(p)
 
 
-@contextmanager
-def quiet():
-    """diffusers and transformers at error level: no progress bars, no "text_encoder_3=None cannot be saved",
-    no safety-checker notice (the shapes world has nothing to filter)."""
-    from diffusers.utils import logging as dlogging
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-    from transformers.utils import logging as tlogging
-
-    levels = dlogging.get_verbosity(), tlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    tlogging.set_verbosity_error()
-    dlogging.disable_progress_bar()
-    tlogging.disable_progress_bar()
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        dlogging.set_verbosity(levels[0])
-        tlogging.set_verbosity(levels[1])
-        dlogging.enable_progress_bar()
-        tlogging.enable_progress_bar()
-        enable_progress_bars()
-
-
 def _half_copy(module: torch.nn.Module, dtype: torch.dtype | None):
     """A copy of `module` in `dtype` (None: as it is), leaving the trained one as it was."""
     import copy
@@ -317,9 +293,3 @@ def save_pipeline(pipe, out: str | Path, sampling: dict, dtype: torch.dtype | No
 
     with quiet():
         _replace_dir(write, Path(out))
-
-
-def read_sampling(path: str | Path) -> dict:
-    """sampling.json of a pipeline folder ({} when it has none: a user's pipeline)."""
-    f = Path(path) / SAMPLING_NAME
-    return json.loads(f.read_text()) if f.is_file() else {}

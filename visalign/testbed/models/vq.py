@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .persist import Pretrained
+from visalign.models.persist import Pretrained
 from .text import check_task
 
 

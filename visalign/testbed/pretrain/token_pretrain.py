@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 import numpy as np
 
-from ..config import ConfigError, DecayFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
-from ..images import images_to_tensor
-from ..math.schedules import lr_factor
+from visalign.config import ConfigError, DecayFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
+from visalign.images import images_to_tensor
+from visalign.math.schedules import lr_factor
 from ..world import plan as plan_lang
 from ..world import render
 from ..world.vocab import CATEGORIES
@@ -123,7 +123,7 @@ def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, s
         f"{cfg.steps} steps x {cfg.batch_size} on {cfg.device}")
     start, history = time.time(), []
     save = lambda: model.save_pretrained(out, dtype=SAVE_DTYPES[cfg.save_dtype])  # noqa: E731
-    from .logging import progress_bar
+    from visalign.trainer.logging import progress_bar
 
     bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):
@@ -207,7 +207,7 @@ def ar_pretrain(model_cfg, cfg: TokenPretrainConfig, tokenizer: str, out: str | 
     from ..models.ar import TOKENIZER_DIR, ShapesARAdapter, TokenGPT
     from ..models.registry import WEIGHTS_DIR
     from ..models.vq import VQVAE
-    from ..policies.autoregressive import ARSampling, AutoregressivePolicy
+    from visalign.policies.autoregressive import ARSampling, AutoregressivePolicy
 
     if init is not None:
         gpt, vq = init.model, init.vq.to(cfg.device)
@@ -255,7 +255,7 @@ KINDS = ("vq_pretrain", "ar_pretrain")
 
 def run_recipe(data: dict, out: str | Path, log=print):
     """`visalign pretrain` of a recipe dict of kind vq_pretrain or ar_pretrain (kind already checked)."""
-    from ..config import build
+    from visalign.config import build
 
     kind = data.pop("kind")
     recipe = build(TokenPretrainRecipe, data)
@@ -267,7 +267,7 @@ def run_recipe(data: dict, out: str | Path, log=print):
 
     if not recipe.init:
         return ar_pretrain(_model_config(ARConfig, recipe.model), recipe.train, recipe.tokenizer, out, log)
-    from ..models.registry import load_model
+    from visalign.models.registry import load_model
 
     init = load_model(recipe.init)
     if not isinstance(init, ShapesARAdapter):
@@ -280,6 +280,6 @@ def run_recipe(data: dict, out: str | Path, log=print):
 
 def _model_config(cls, d: dict):
     """The recipe's model: section as `cls`, every key and type checked as the recipe's own fields are."""
-    from ..config import build
+    from visalign.config import build
 
     return build(cls, d, "model")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from ..images import tensor_to_images
-from ..types import RewardOutput
+from visalign.images import tensor_to_images
+from visalign.types import RewardOutput
 from ..world import grammar, verify
-from .base import REWARDS, Reward
+from visalign.rewards.base import REWARDS, Reward
 
 
 class GenEvalSReward(Reward):

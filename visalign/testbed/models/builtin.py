@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..config import NonNegativeInt, PositiveInt
-from ..math import schedules
-from .persist import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Pretrained  # noqa: F401  (re-exported)
+from visalign.config import NonNegativeInt, PositiveInt
+from visalign.math import schedules
+from visalign.models.persist import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, Pretrained  # noqa: F401  (re-exported)
 from .text import PARSERS, TextEncoder, check_task, make_tokenizer
 from .unet import UNet
 

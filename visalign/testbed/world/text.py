@@ -21,7 +21,7 @@ import numpy as np
 
 from .grammar import PromptError
 
-ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # what the OCR reward reads (tesseract's whitelist)
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # what the OCR reward reads (tesseract's whitelist, rewards/ocr.py ALPHABET)
 MAX_LETTERS = 4
 TEMPLATE_WORDS = ("a", "sign", "that", "says")
 HEIGHT, WIDTH = 32, 64

@@ -27,7 +27,7 @@ import torch.utils.checkpoint
 
 from ..world import plan as plan_lang
 from .text import PARSERS, check_task, make_tokenizer
-from .persist import Pretrained
+from visalign.models.persist import Pretrained
 from .vq import VQVAE
 
 
@@ -218,6 +218,7 @@ class ShapesARAdapter:
     """
 
     family = "autoregressive"
+    plan_grammar = plan_lang  # the layout language of the plan slot (the policy's grammar masks)
 
     def __init__(self, gpt: TokenGPT, vq: VQVAE):
         c = gpt.config

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
-from ..images import images_to_tensor
-from ..math.schedules import lr_factor
+from visalign.config import ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFloat
+from visalign.images import images_to_tensor
+from visalign.math.schedules import lr_factor
 from ..models.reward_net import RewardNet, RewardNetConfig
 from ..world import grammar, render, verify
 from ..world.grammar import ObjectSpec, PromptError, Spec
@@ -291,9 +291,9 @@ def build_pool(generators, per_generator: int, editor: SpecEditor, rng: np.rando
     samples each on average (split by `shares` when given). Seeds come from rng."""
     shares = shares or (1.0,) * len(generators)
     sizes = [int(round(per_generator * len(generators) * sh / sum(shares))) for sh in shares]
-    from ..images import tensor_to_images
-    from ..models.registry import load_model
-    from ..policies import make_policy
+    from visalign.images import tensor_to_images
+    from visalign.models.registry import load_model
+    from visalign.policies import make_policy
 
     images, specs, sources = [], [], []
     for name, size in zip(generators, sizes):
@@ -528,7 +528,7 @@ def measure_agreement(net: RewardNet, generators=("builtin:shapes-flow", "builti
     - renders: for the same items, a render of the prompt and a render of an edited spec (see heldout_renders)
     Per-group correlations use per-prompt means (per generator and prompt for generator samples)."""
     from ..evaluate import eval_items
-    from ..models.registry import load_generator
+    from visalign.models.registry import load_generator
 
     items = eval_items(per_category, seed)
     cats, prompts, seeds = (list(x) for x in zip(*items))
@@ -629,7 +629,7 @@ def reward_pretrain(model_cfg: RewardNetConfig, cfg: RewardPretrainConfig, out: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     history, start, data_s = [], time.time(), 0.0
     acc_sum, acc_n, gen_acc = 0.0, 0, [0.0, 0]
-    from .logging import progress_bar
+    from visalign.trainer.logging import progress_bar
 
     bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):

@@ -1,5 +1,5 @@
 """A small learned, differentiable reward model for GenEval-S: image + prompt -> one logit, the log-odds that
-the verifier accepts the image for the prompt (trained on verifier labels by trainer/reward_pretrain.py,
+the verifier accepts the image for the prompt (trained on verifier labels by pretrain/reward_pretrain.py,
 bundled as visalign/weights/geneval-s-reward, used by the `geneval_s_learned` reward).
 
 The image side (a few hundred thousand parameters, smooth everywhere so that d score / d pixel is useful):
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..world import grammar
 from ..world.vocab import COLOR_NAMES, RELATIONS, SHAPES
-from .persist import CheckpointError, Pretrained  # noqa: F401  (CheckpointError re-exported)
+from visalign.models.persist import CheckpointError, Pretrained  # noqa: F401  (CheckpointError re-exported)
 from .text import TextEncoder, WordTokenizer
 
 CONFIG_NAME = "config.json"

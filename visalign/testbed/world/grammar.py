@@ -20,6 +20,8 @@ import itertools
 import random
 from dataclasses import dataclass
 
+from visalign.prompts import PromptError  # noqa: F401  (the core's: what the CLI and the reward server catch)
+
 from .vocab import (
     CATEGORIES,
     COLOR_NAMES,
@@ -33,10 +35,6 @@ from .vocab import (
 
 _NUMBER_WORDS = {v: k for k, v in NUMBERS.items()}
 _PLURALS = {plural(s): s for s in SHAPES}
-
-
-class PromptError(ValueError):
-    """A prompt that the GenEval-S grammar does not accept (message is one line)."""
 
 
 @dataclass(frozen=True)

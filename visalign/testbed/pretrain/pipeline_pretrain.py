@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, NonNegativeFloat
-from ..images import images_to_tensor
+from visalign.config import ConfigError, NonNegativeFloat
+from visalign.images import images_to_tensor
 from ..models import shapes_pipelines as sp
-from .checkpoint import atomic_write_text
+from visalign.trainer.checkpoint import atomic_write_text
 from .pretrain import STREAMS, sample_t
 from .token_pretrain import TokenPretrainConfig, _loop
 
@@ -108,7 +108,7 @@ class RoundTrip:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int]):
-        from ..images import tensor_to_images
+        from visalign.images import tensor_to_images
         from ..models.registry import OracleGenerator
 
         x = images_to_tensor(OracleGenerator().generate(prompts, seeds)).to(next(self.vae.parameters()).device)
@@ -165,7 +165,7 @@ def load_vae(spec: str):
 def condition(pipe, kind: str, prompts: list[str], max_sequence_length: int):
     """The pipeline's own prompt encoding, with gradients (encode_prompt is not under no_grad) ->
     DiffusersCondition."""
-    from ..models.diffusers_adapter import DiffusersCondition
+    from visalign.models.diffusers_adapter import DiffusersCondition
 
     dev = pipe.text_encoder.device
     if kind == "sd15":
@@ -194,7 +194,7 @@ def denoiser_loss(adapter, cond, x0: torch.Tensor, u: torch.Tensor, noise: torch
 def denoiser_pretrain(kind: str, cfg, recipe: PipelinePretrainRecipe, out: str | Path, log=print):
     """Train a new shapes-sd3 or shapes-sd15 pipeline around the recipe's frozen VAE, or go on training a saved one
     (recipe.init)."""
-    from ..models.diffusers_adapter import adapter_for, load_pipeline
+    from visalign.models.diffusers_adapter import adapter_for, load_pipeline
 
     t = recipe.train
     torch.manual_seed(t.seed)
@@ -240,7 +240,7 @@ def denoiser_pretrain(kind: str, cfg, recipe: PipelinePretrainRecipe, out: str |
 
 def run_recipe(data: dict, out: str | Path, log=print):
     """`visalign pretrain` of a recipe dict of kind vae_pretrain, sd3_pretrain or sd15_pretrain."""
-    from ..config import build
+    from visalign.config import build
 
     kind = data.pop("kind")
     recipe = build(PipelinePretrainRecipe, data)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import PretrainConfig
-from ..images import images_to_tensor
-from ..math import schedules
-from ..math.schedules import lr_factor
+from visalign.config import PretrainConfig
+from visalign.images import images_to_tensor
+from visalign.math import schedules
+from visalign.math.schedules import lr_factor
 from ..models.builtin import ShapesModel, ShapesModelConfig
 from ..world import grammar, render, text
 from ..world.vocab import CATEGORIES
@@ -101,7 +101,7 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
     log(f"pretraining {model_cfg.prediction} model, {n_params / 1e6:.2f}M params, {cfg.steps} steps x {cfg.batch_size}")
     start, seen = time.time(), 0
     history = []
-    from .logging import progress_bar
+    from visalign.trainer.logging import progress_bar
 
     bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):
