@@ -193,13 +193,13 @@ def factory_options(fn) -> str:
 
 def recipe_keys_page() -> str:
     from visalign.algorithms import ALGORITHMS
-    from visalign.config import (EvalConfig, PretrainConfig, PretrainRecipe, TrainConfig, TrainRecipe,
-                                 load_recipe_dict, recipe_names)
+    from visalign.config import EvalConfig, TrainConfig, TrainRecipe, load_recipe_dict, recipe_names
     from visalign.models.registry import MODELS
     from visalign.policies import ARSampling, DiffusionSampling, FlowSampling
     from visalign.rewards import REWARDS
     from visalign.testbed.pretrain.pipeline_pretrain import KINDS as PIPELINE_KINDS
     from visalign.testbed.pretrain.pipeline_pretrain import PipelinePretrainRecipe
+    from visalign.testbed.pretrain.pretrain import PretrainConfig, PretrainRecipe
     from visalign.testbed.pretrain.reward_pretrain import RewardPretrainConfig, RewardPretrainRecipe
     from visalign.testbed.pretrain.token_pretrain import KINDS as TOKEN_KINDS
     from visalign.testbed.pretrain.token_pretrain import TokenPretrainConfig, TokenPretrainRecipe

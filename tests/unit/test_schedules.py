@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from visalign.config import PretrainConfig, TrainConfig
+from visalign.config import TrainConfig
 from visalign.math.schedules import lr_factor
+from visalign.testbed.pretrain.pretrain import PretrainConfig
 
 
 @pytest.mark.parametrize("step,steps,warmup,schedule,progress,expected", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visalign.config import ConfigError, PretrainRecipe, build
+from visalign.config import ConfigError, build
 from visalign.pretraining import PRETRAIN_KINDS, PretrainKind
 
 from ..models import shapes_pipelines as sp
@@ -14,6 +14,7 @@ from ..models.builtin import ShapesModel, ShapesModelConfig
 from ..models.reward_net import RewardNetConfig
 from ..models.vq import VQConfig
 from . import pipeline_pretrain, token_pretrain
+from .pretrain import PretrainRecipe
 from .reward_pretrain import RewardPretrainRecipe
 
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from visalign.config import PretrainConfig
+from visalign.config import ConfigError, DecayFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from visalign.images import images_to_tensor
 from visalign.math import schedules
 from visalign.math.schedules import lr_factor
+
 from ..models.builtin import ShapesModel, ShapesModelConfig
 from ..world import grammar, render, text
 from ..world.vocab import CATEGORIES
@@ -58,6 +60,45 @@ class TextStream:
 
 
 STREAMS = {"shapes": SceneStream, "text": TextStream}  # the model config's task -> its training data
+
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Supervised pretraining of a built-in shapes model on freshly rendered GenEval-S train scenes."""
+
+    steps: PositiveInt = 3000  # optimizer steps
+    batch_size: PositiveInt = 64  # images per step, each a fresh render of a random train-split prompt
+    lr: PositiveFloat = 1e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 0)
+    warmup_steps: NonNegativeInt = 100
+    lr_schedule: str = "cosine"  # cosine (to 0 at the end) | constant (after warmup)
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat = 1.0  # max global gradient norm
+    cfg_dropout: DecayFloat = 0.1  # fraction of prompts replaced by the empty prompt (classifier-free guidance)
+    timestep_sampling: str = "logit_normal"  # "logit_normal" (SD3) or "uniform"
+    seed: NonNegativeInt = 0
+    log_every: PositiveInt = 50
+    checkpoint_every: PositiveInt = 500  # also writes the model at the end
+    max_minutes: NonNegativeFloat = 0.0  # stop (and write the model) after this much wall time; 0 = run all steps
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
+        if not 0 <= self.cfg_dropout < 1:
+            raise ConfigError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(f"lr_schedule '{self.lr_schedule}' is not one of cosine, constant")
+        if self.timestep_sampling not in ("logit_normal", "uniform"):
+            raise ConfigError(f"timestep_sampling '{self.timestep_sampling}' is not one of logit_normal, uniform")
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    name: str
+    description: str = ""
+    init: str = ""  # start from this registered model (e.g. builtin:shapes-flow: supervised fine-tuning); "" = random
+    model: dict = field(default_factory=dict)  # ShapesModelConfig fields (ignored with init: the model's own)
+    train: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 def sample_t(n: int, how: str, gen: torch.Generator) -> torch.Tensor:
