@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from visalign.compare import compare, write_doc
-from visalign.trainer.checkpoint import atomic_write_text
+from visalign.checkpoint import atomic_write_text
 
 MAIN = ["grpo", "ddpo", "nft", "nft:kl_beta=0.1", "diffusion_dpo", "online_dpo", "refl"]
 SPLIT = ["grpo", "online_dpo", "diffusion_dpo"]

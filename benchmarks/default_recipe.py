@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from visalign.cli import main as cli
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.testbed.evaluate import evaluate
 from visalign.models.registry import PolicyGenerator, load_model
 from visalign.trainer.trainer import Trainer

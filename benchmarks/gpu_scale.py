@@ -33,7 +33,7 @@ from visalign.config import TrainRecipe, build
 from visalign.models import tiny_diffusers as tiny
 from visalign.models.diffusers_adapter import adapter_for
 from visalign.models.registry import MODELS
-from visalign.trainer.checkpoint import atomic_write_text
+from visalign.checkpoint import atomic_write_text
 from visalign.trainer.trainer import Trainer
 
 # The backbones' published configs (diffusers config.json of each model's transformer / unet folder).
@@ -125,7 +125,7 @@ TINY_KIND = {"sd35-medium": "sd3", "flux-dev": "flux", "sd15": "sd15"}
 
 def build_adapter(model: str, tiny_size: bool, lora: bool, device: torch.device):
     """The model's adapter, built on `device`. LoRA arms keep the frozen backbone in bf16 (the LoRA weights stay
-    fp32, models/lora.py); full fine-tuning keeps fp32 master weights and runs forwards under bf16 autocast."""
+    fp32, lora.py); full fine-tuning keeps fp32 master weights and runs forwards under bf16 autocast."""
     dtype = torch.bfloat16 if lora else torch.float32
     if tiny_size:
         pipe = tiny.build_tiny_pipeline(TINY_KIND[model])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.trainer.trainer import Trainer
 
 

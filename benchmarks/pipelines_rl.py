@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from visalign.cli import main as cli
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.testbed.evaluate import evaluate
 from visalign.models.registry import load_generator
-from visalign.trainer.checkpoint import atomic_write_text
-from visalign.trainer.logging import read_metrics
+from visalign.checkpoint import atomic_write_text
+from visalign.metrics import read_metrics
 from visalign.trainer.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

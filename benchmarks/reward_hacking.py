@@ -31,8 +31,8 @@ import torch
 
 from visalign import monitor
 from visalign.testbed.evaluate import LOWER_IS_BETTER, READINGS
-from visalign.config import load_train_recipe
-from visalign.trainer.logging import read_metrics
+from visalign.recipe import load_train_recipe
+from visalign.metrics import read_metrics
 from visalign.trainer.trainer import Trainer
 
 RECIPE = "geneval-s-ar-grpo"

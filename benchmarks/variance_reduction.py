@@ -23,7 +23,9 @@ from pathlib import Path
 
 from default_recipe import same_time_sft  # benchmarks/, the script's folder, is on sys.path
 
-from visalign.config import load_recipe_dict, load_train_recipe
+from visalign.config import load_recipe_dict
+
+from visalign.recipe import load_train_recipe
 from visalign.testbed.evaluate import evaluate
 from visalign.models.registry import PolicyGenerator, load_model
 from visalign.trainer.trainer import Trainer

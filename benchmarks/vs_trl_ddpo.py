@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     try:
-        from visalign.config import load_train_recipe
+        from visalign.recipe import load_train_recipe
         from visalign.prompts import load_prompt_set
     except ImportError:
         raise SystemExit("run this with the project's interpreter (visalign importable), e.g. .venv/bin/python "

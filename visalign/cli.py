@@ -97,7 +97,7 @@ def cmd_eval(args) -> None:
 def cmd_pretrain(args) -> None:
     from .config import apply_overrides, load_recipe_dict
     from .pretraining import PRETRAIN_KINDS, kinds
-    from .trainer.logging import ConsoleLog
+    from .metrics import ConsoleLog
 
     log = ConsoleLog()  # lines above a progress bar with ETA (on a terminal)
     data = apply_overrides(load_recipe_dict(args.recipe), args.overrides)
@@ -112,7 +112,7 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .config import load_train_recipe
+    from .recipe import load_train_recipe
     from .distributed import Distributed
     from .trainer.trainer import Trainer, TrainingInterrupted
 
@@ -130,7 +130,7 @@ def cmd_train(args) -> None:
     if dist.is_main:
         from .monitor import summary_lines
         from .report import write_report
-        from .trainer.logging import read_metrics
+        from .metrics import read_metrics
 
         # the whole run's evaluations (RUN/metrics.jsonl), not this process's: after a resume, from the base model's
         evals = sorted((r for r in read_metrics(Path(args.out)) if "eval_overall" in r), key=lambda r: r["iteration"])
@@ -143,7 +143,7 @@ def cmd_train(args) -> None:
 def cmd_diagnose(args) -> None:
     import tempfile
 
-    from .config import load_train_recipe
+    from .recipe import load_train_recipe
     from .distributed import Distributed
     from .images import atomic_write_bytes
     from .trainer.trainer import Trainer
@@ -170,7 +170,9 @@ def resolved_recipe(name_or_path: str, overrides: list[str]) -> dict:
     pretraining recipe its kind and fields (model: as given; it is checked, and the model's own defaults apply)."""
     import dataclasses
 
-    from .config import ConfigError, apply_overrides, build, load_recipe_dict, load_train_recipe
+    from .config import ConfigError, apply_overrides, build, load_recipe_dict
+
+    from .recipe import load_train_recipe
     from .pretraining import PRETRAIN_KINDS, kinds
 
     data = apply_overrides(load_recipe_dict(name_or_path), overrides)
@@ -186,7 +188,7 @@ def resolved_recipe(name_or_path: str, overrides: list[str]) -> dict:
 
 
 def cmd_config(args) -> None:
-    from .trainer.logging import recipe_yaml
+    from .metrics import recipe_yaml
 
     print(recipe_yaml(resolved_recipe(args.recipe, args.overrides)), end="")
 
@@ -229,7 +231,7 @@ def cmd_make_pairs(args) -> None:
     start = time.time()
     # as eval and the trainer: a set's prompts are held to the world grammar only where it has a verifier
     gen = load_generator(args.model, validate=prompt_set.verifier)
-    from .trainer.logging import ConsoleLog
+    from .metrics import ConsoleLog
 
     meta = make_pairs(gen, reward, prompts, args.per_prompt, args.seed, args.out,
                       {"model": args.model, "reward": args.reward, "reward_options": options, "prompts": args.prompts},
@@ -240,7 +242,7 @@ def cmd_make_pairs(args) -> None:
 
 def cmd_compare(args) -> None:
     from .compare import compare
-    from .trainer.logging import ConsoleLog
+    from .metrics import ConsoleLog
 
     res = compare(args.algorithms, budget_nfe=args.budget_nfe, budget_minutes=args.budget_minutes, model=args.model,
                   prompts=args.prompts, out=args.out, evals=args.evals, per_category=args.per_category,
@@ -525,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import RegistryError
     from .rewards.server import RemoteRewardError
     from .runfolder import RunFolderError, os_error_line
-    from .trainer.checkpoint import ResumeError
+    from .checkpoint import ResumeError
     from .trainer.trainer import TrainingInterrupted, TrainingStopped
     from .prompts import PromptError
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError, apply_overrides, build, load_recipe_dict, parse_override, TrainRecipe
-from .trainer.checkpoint import atomic_write_text
-from .trainer.logging import read_metrics
+from .checkpoint import atomic_write_text
+from .metrics import read_metrics
 
 def compare_recipes() -> dict[str, list[tuple[str, dict]]]:
     """algorithm -> [(recipe name, its dict)] of the bundled train recipes whose `compare:` block lists it (the
@@ -101,7 +101,7 @@ def make_comparison_pairs(model: str, prompts: str, out: Path, seed: int, n_prom
     from .pairs import make_pairs
     from .prompts import load_prompt_set
     from .rewards import load_reward
-    from .trainer.logging import Stopwatch
+    from .metrics import Stopwatch
     from .trainer.trainer import InstrumentedAdapter
 
     # the 400-prompt set keeps its first name (pairs/), so earlier comparisons read back as they were made
@@ -258,7 +258,7 @@ def compare(specs: list[str], budget_nfe: int = 0, budget_minutes: float = 0.0, 
             raise ConfigError(f"--pair-prompts must be >= 1, got {pair_prompts}")
         pairs = make_comparison_pairs(model, prompts, out, seed, n_prompts=pair_prompts, log=log)
     results = []
-    from .trainer.logging import progress_bar
+    from .metrics import progress_bar
 
     bar = progress_bar(log, len(specs), "compare", "run")  # ETA over the algorithms (a ConsoleLog, on a terminal)
     for spec, label in zip(specs, labels):

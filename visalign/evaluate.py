@@ -29,7 +29,7 @@ class ProgressGenerator:
         return getattr(self.generator, name)
 
     def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
-        from .trainer.logging import ConsoleLog, progress_bar
+        from .metrics import ConsoleLog, progress_bar
 
         step = getattr(self.generator, "batch_size", None) or 32
         out = []

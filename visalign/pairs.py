@@ -114,7 +114,7 @@ def make_pairs(generator, reward, prompts: list[str], per_prompt: int, seed: int
     """Sample `per_prompt` images of each prompt with `generator` (.generate(prompts, seeds) -> uint8 images),
     score them with `reward`, and write the pairs of each prompt's samples (i-th best vs i-th worst, equal
     scores dropped: math/advantages.py pair_within_groups) as a dataset at `out`. -> the metadata written.
-    A `log` that asks for one (trainer/logging.py ConsoleLog) gets a progress bar with ETA on a terminal."""
+    A `log` that asks for one (metrics.py ConsoleLog) gets a progress bar with ETA on a terminal."""
     from PIL import Image
 
     out = Path(out)
@@ -124,7 +124,7 @@ def make_pairs(generator, reward, prompts: list[str], per_prompt: int, seed: int
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    from .trainer.logging import progress_bar
+    from .metrics import progress_bar
 
     bar = progress_bar(log, len(prompts), "make-pairs", "prompt")
     try:

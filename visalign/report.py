@@ -29,8 +29,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from .trainer.checkpoint import atomic_write_text
-from .trainer.logging import read_metrics
+from .checkpoint import atomic_write_text
+from .metrics import read_metrics
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f",
            "#bcbd22"]
@@ -258,7 +258,8 @@ def _cat(c: str, labels: dict) -> str:
 def description(recipe: dict) -> str:
     """The recipe's description, with what the run changed of the named recipe it was made from: a run of
     geneval-s-grpo with reward=compressibility is not the "GenEval-S verifier reward" its description says."""
-    from .config import RECIPES_DIR, load_train_recipe
+    from .config import RECIPES_DIR
+    from .recipe import load_train_recipe
 
     text, name = recipe.get("description", ""), recipe.get("name", "")
     path = RECIPES_DIR / f"{name}.yaml"

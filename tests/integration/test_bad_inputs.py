@@ -496,7 +496,7 @@ def test_a_bad_threads_setting_is_one_line(monkeypatch, capsys):
 
 
 def _library_cases():
-    from visalign.config import load_train_recipe
+    from visalign.recipe import load_train_recipe
     from visalign.models.registry import load_generator
     from visalign.rewards import load_reward
     from visalign.rewards.base import load_reward_spec

@@ -11,8 +11,8 @@ import yaml
 
 import visalign
 from visalign.cli import main, parse_args
-from visalign.config import load_train_recipe
-from visalign.trainer.logging import read_metrics
+from visalign.recipe import load_train_recipe
+from visalign.metrics import read_metrics
 
 TINY = ["train.iterations=1", "train.batch_size=8", "train.group_size=4", "train.eval_per_category=1",
         "sampling.steps=2"]

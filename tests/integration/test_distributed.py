@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from visalign.cli import main
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.trainer.trainer import Trainer
 
 ENV = {**os.environ, "VISALIGN_THREADS": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
@@ -200,7 +200,7 @@ def test_fp16_grad_scaler_path_unscales_before_clipping_and_skips_an_overflowing
 FSDP_SCRIPT = """
 import json, sys
 from torch.distributed.tensor import DTensor
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.distributed import Distributed
 from visalign.trainer.trainer import Trainer
 out = sys.argv[1]

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from visalign.cli import main
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.models.registry import load_model
 from visalign.models.tiny_diffusers import save_tiny_pipeline
 from visalign.policies import FlowSampling, make_policy
@@ -186,7 +186,7 @@ def test_lora_on_non_attention_layers_loads_whole(tmp_path):
     plain diffusers (a half-renamed state dict would silently drop the attention layers)."""
     from diffusers import StableDiffusionPipeline
 
-    from visalign.models import lora
+    from visalign import lora
     from visalign.models.diffusers_adapter import adapter_for
     from visalign.models.export import _write_diffusers_lora
 
@@ -235,7 +235,7 @@ def test_lora_export_card_and_adapter_config(tmp_path):
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
-    from visalign.trainer.logging import read_metrics
+    from visalign.metrics import read_metrics
 
     base_dir = save_tiny_pipeline("sd15", tmp_path / "base")
     run, trainer = _train(tmp_path, f"diffusers:{base_dir}", "diffusion")

@@ -19,7 +19,7 @@ import torch
 from visalign.cli import main
 from visalign.models.registry import is_world_model, load_model, with_options
 from visalign.models.tiny_diffusers import save_tiny_pipeline
-from visalign.trainer.checkpoint import CHECKPOINT_README, run_of_folder, save_checkpoint
+from visalign.checkpoint import CHECKPOINT_README, run_of_folder, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))

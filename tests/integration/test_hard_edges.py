@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from visalign.cli import main
 from visalign.pairs import PairDataError, PairDataset
 from visalign.runfolder import RunFolderError, RunLock, os_error_line
-from visalign.trainer.logging import TIMING_FIELDS, read_metrics
+from visalign.metrics import TIMING_FIELDS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,7 +150,7 @@ def test_an_unwritable_out_is_one_line(tiny_dir, tmp_path, capsys, monkeypatch):
 def test_a_full_disk_is_named_and_the_run_resumes(tiny_dir, tmp_path, capsys, monkeypatch):
     """The second checkpoint hits a full disk: one line naming it (not torch's or safetensors' words), no temp
     folder left, and --resume goes on from the first."""
-    from visalign.trainer import checkpoint
+    from visalign import checkpoint
 
     real, calls = checkpoint.save_file, []
 

@@ -192,7 +192,7 @@ if "test_pipelines_brightness" not in REWARDS:
 def test_one_iteration_lora_round_trips_to_plain_diffusers(tiny, tmp_path):
     """train 1 iteration of Flow-GRPO with a LoRA on the SD3 pipeline -> export diffusers-lora -> plain diffusers
     `load_lora_weights`: its images change, and equal visalign's sampler of the trained policy."""
-    from visalign.config import load_train_recipe
+    from visalign.recipe import load_train_recipe
     from visalign.models.registry import PolicyGenerator, load_generator
     from visalign.trainer.trainer import Trainer
 
@@ -307,7 +307,7 @@ def test_tokenizer_folders_hold_the_bpe_files_transformers_4_reads(tmp_path):
 def test_a_run_on_a_bundled_pipeline_exports_as_a_diffusers_one(tmp_path):
     """builtin:shapes-sd3 is a diffusers pipeline to export too: its LoRA goes out in diffusers' format, and the
     merged folder keeps the bundled sampling defaults."""
-    from visalign.config import load_train_recipe
+    from visalign.recipe import load_train_recipe
     from visalign.testbed.models.registry import WEIGHTS_DIR
     from visalign.trainer.trainer import Trainer
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from visalign.cli import main
 from visalign.rewards.base import REWARDS, Reward
-from visalign.trainer.logging import TIMING_FIELDS, read_metrics
+from visalign.metrics import TIMING_FIELDS, read_metrics
 from visalign.types import RewardOutput
 
 EventAccumulator = pytest.importorskip(

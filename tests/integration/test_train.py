@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from visalign.cli import main
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.rewards.base import REWARDS, Reward
-from visalign.trainer.logging import TIMING_FIELDS, read_metrics
+from visalign.metrics import TIMING_FIELDS, read_metrics
 from visalign.trainer.trainer import Trainer, TrainingStopped
 from visalign.types import RewardOutput
 

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from visalign.cli import main
-from visalign.config import ConfigError, load_train_recipe
+from visalign.config import ConfigError
+from visalign.recipe import load_train_recipe
 from visalign.testbed.models.ar import ARConfig, TokenGPT
 from visalign.models.diffusers_adapter import adapter_for
 from visalign.models.tiny_diffusers import build_tiny_pipeline, save_tiny_pipeline
 from visalign.policies import DiffusionSampling, FlowSampling, make_policy
-from visalign.trainer.checkpoint import ResumeError, find_checkpoint, save_checkpoint
-from visalign.trainer.logging import TIMING_FIELDS, read_metrics
+from visalign.checkpoint import ResumeError, find_checkpoint, save_checkpoint
+from visalign.metrics import TIMING_FIELDS, read_metrics
 from visalign.trainer.memory import enable_gradient_checkpointing
 from visalign.trainer.trainer import Trainer
 

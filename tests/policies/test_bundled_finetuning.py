@@ -6,7 +6,7 @@ Flow-GRPO and not on those recipes."""
 import pytest
 
 from visalign.cli import main
-from visalign.config import load_train_recipe
+from visalign.recipe import load_train_recipe
 from visalign.testbed.evaluate import evaluate
 from visalign.models.registry import PolicyGenerator, load_model
 from visalign.trainer.trainer import Trainer

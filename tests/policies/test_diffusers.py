@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from visalign.models import lora
+from visalign import lora
 from visalign.models.diffusers_adapter import adapter_for
 from visalign.models.registry import load_model
 from visalign.models.tiny_diffusers import build_tiny_pipeline

@@ -136,7 +136,7 @@ def test_on_policy_log_prob_reuses_the_rollouts_unconditional_outputs(tiny_flow_
     """While the weights are the rollout's, log_prob takes the CFG's unconditional branch from the rollout (one
     network pass per row instead of two) and gives what recomputing it gives; after an optimizer step, or with
     LoRA switched off (the reference), it recomputes."""
-    from visalign.models import lora
+    from visalign import lora
     from visalign.testbed.models.builtin import ShapesFlowAdapter
     from visalign.policies import FlowSampling
 

@@ -83,7 +83,7 @@ def test_missing_and_corrupt_checkpoints_are_one_line_errors(tiny_flow_model, tm
 
 @pytest.mark.parametrize("kind", ["flow", "dance"])
 def test_ratio_is_one_with_lora(tiny_flow_model, kind):
-    from visalign.models.lora import add_lora
+    from visalign.lora import add_lora
 
     params = add_lora(tiny_flow_model, 4, 4.0, ("to_q", "to_k", "to_v", "to_out"))
     with torch.no_grad():

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from visalign.algorithms.base import split_windows
 from visalign.trainer import diagnostics as d
 
 
@@ -39,8 +40,8 @@ def test_advantage_ess():
 
 
 def test_split_windows():
-    assert d.split_windows(list(range(10))) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
-    assert d.split_windows([4, 5]) == [[4], [5]]
+    assert split_windows(list(range(10))) == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+    assert split_windows([4, 5]) == [[4], [5]]
 
 
 def test_run_share_and_low_signal_warning():

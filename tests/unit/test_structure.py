@@ -9,7 +9,8 @@ import torch
 
 from visalign import protocols
 from visalign.algorithms import ALGORITHMS
-from visalign.config import ConfigError, load_train_recipe
+from visalign.config import ConfigError
+from visalign.recipe import load_train_recipe
 from visalign.models.registry import MODELS, is_world_model, model_family
 from visalign.registry import RegistryError, is_module_spec
 from visalign.rewards import REWARDS, Reward, load_reward, load_reward_spec

@@ -9,7 +9,8 @@ from typing import Annotated
 import pytest
 
 from visalign.algorithms import load_algorithm
-from visalign.config import ConfigError, Range, build, check_options, load_train_recipe
+from visalign.config import ConfigError, Range, build, check_options
+from visalign.recipe import load_train_recipe
 from visalign.models.registry import load_generator
 from visalign.policies.flow import FlowSampling
 from visalign.rewards import load_reward

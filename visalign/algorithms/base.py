@@ -72,8 +72,6 @@ class Algorithm:
 
     def diagnostic_windows(self, traj: Trajectory) -> list[list[int]]:
         """Steps whose gradients the signal diagnostic compares, grouped into windows (early, mid, late)."""
-        from ..trainer.diagnostics import split_windows
-
         return split_windows([int(i) for i in torch.nonzero(traj.stochastic).flatten()])
 
     def step_loss(self, policy, traj: Trajectory, advantages: torch.Tensor, steps: list[int],
@@ -103,6 +101,13 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def split_windows(steps: list[int], n: int = 3) -> list[list[int]]:
+    """Trained steps (noisy -> clean) -> up to n contiguous, near-equal windows (early, mid, late: trainer/diagnostics.py)."""
+    n = min(n, len(steps))
+    bounds = [round(i * len(steps) / n) for i in range(n + 1)]
+    return [steps[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
 def step_subset(steps: list[int], fraction: float, gen: torch.Generator) -> list[int]:

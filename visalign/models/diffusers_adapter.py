@@ -99,7 +99,7 @@ def _looks_like_path(name: str) -> bool:
 
 def _source(name: str) -> str:
     """What from_pretrained is given: a checked local pipeline folder, or the hub id as it is."""
-    from ..trainer.checkpoint import not_a_diffusers_folder, run_of_folder
+    from ..checkpoint import not_a_diffusers_folder, run_of_folder
 
     if not _looks_like_path(name):
         return name

@@ -53,7 +53,7 @@ def _read_recipe(run: Path) -> dict:
 
 
 def _load_weights(run: Path) -> dict:
-    from ..trainer.checkpoint import ResumeError, ema_weights, load_checkpoint, rng_state, set_rng_state
+    from ..checkpoint import ResumeError, ema_weights, load_checkpoint, rng_state, set_rng_state
 
     if not (run / "checkpoints" / "latest").is_file():
         raise ValueError(f"cannot export {run}: it has no checkpoint yet (checkpoints/latest is missing)")
@@ -69,7 +69,7 @@ def _load_weights(run: Path) -> dict:
 
 def _checkpoint_iteration(run: Path) -> int:
     """The iteration of the checkpoint _load_weights read (load_checkpoint's choice: find_checkpoint)."""
-    from ..trainer.checkpoint import ResumeError, find_checkpoint
+    from ..checkpoint import ResumeError, find_checkpoint
 
     try:
         ck = find_checkpoint(run)[0]
@@ -93,7 +93,7 @@ def _export_spec(spec: str) -> str:
 def export_run(run_dir: str | os.PathLike, fmt: str, out_dir: str | os.PathLike, hub_repo: str | None = None) -> Path:
     """Export the latest checkpoint of run `run_dir` as `fmt` (diffusers-lora | merged) into `out_dir`, with a
     model card. hub_repo: the Hub repo the export will be pushed to (the card's loading snippet names it)."""
-    from . import lora
+    from .. import lora
     from .model_card import write_card
     from .persist import Pretrained
     from .registry import BUNDLED_PIPELINES, is_diffusers_spec, load_model, with_options
@@ -186,7 +186,7 @@ def _write_diffusers_lora(adapter, module, rank: int, alpha: float, out: Path) -
     (to_q/k/v/out.0 -> lora.down/up), and a LoRA on other layers too would come out half renamed, a mix that
     load_lora_weights loads only partly (measured: the attention LoRA layers were dropped).
     -> the keys' prefix: unet or transformer."""
-    from . import lora
+    from .. import lora
 
     scale = alpha / rank
     state = {k: (v * scale if ".lora_B." in k else v).detach().contiguous().cpu()
@@ -201,7 +201,7 @@ def peft_targets(module) -> list[str]:
     when those match no other layer (peft matches a name by suffix), else the full module paths."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from .lora import _short
+    from ..lora import _short
 
     # the layers of the plain network: peft's wrappers add `.base_layer` and `.lora_*` children
     plain = [n for n, _ in module.named_modules()

@@ -192,7 +192,7 @@ def _finetune_text(train: dict) -> str:
 def _eval_records(run: Path, iteration: int) -> tuple[dict | None, dict | None]:
     """(before, after): the first evaluation and the last one at or before the exported iteration (a record
     written after the checkpoint scored weights this export does not hold). Either may be None."""
-    from ..trainer.logging import read_metrics
+    from ..metrics import read_metrics
 
     evals = [r for r in read_metrics(run) if "eval_overall" in r]
     done = [r for r in evals if r["iteration"] <= iteration]

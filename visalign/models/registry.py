@@ -205,7 +205,7 @@ def load_model(spec: str):
         opts["path"] = name[len(DIFFUSERS_PREFIX):]
         name = DIFFUSERS_PREFIX + "<path-or-hub-id>"
     elif name not in MODELS and Path(name).is_dir():
-        from ..trainer.checkpoint import run_of_folder
+        from ..checkpoint import run_of_folder
 
         run = run_of_folder(name)
         if run is not None:  # a run holds training state, not a model folder

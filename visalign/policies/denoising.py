@@ -29,7 +29,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..math.sde import StepOutput, flow_kl
-from ..models.lora import adapters_enabled
+from ..lora import adapters_enabled
 from ..types import StepLogProb, Trajectory
 
 

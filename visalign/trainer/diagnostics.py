@@ -69,13 +69,6 @@ def advantage_ess(advantages: torch.Tensor) -> float:
     return float(a.sum()) ** 2 / (a.numel() * sq) if sq > 0 else 0.0
 
 
-def split_windows(steps: list[int], n: int = 3) -> list[list[int]]:
-    """Trained steps (noisy -> clean) -> up to n contiguous, near-equal windows (early, mid, late)."""
-    n = min(n, len(steps))
-    bounds = [round(i * len(steps) / n) for i in range(n + 1)]
-    return [steps[bounds[i] : bounds[i + 1]] for i in range(n)]
-
-
 def window_name(i: int, n: int) -> str:
     return WINDOW_NAMES[i] if n == 3 else f"w{i}"
 

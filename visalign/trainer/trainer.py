@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from .. import monitor
+from .. import lora
 from ..algorithms import load_algorithm
 from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
 from ..evaluate import diversity, evaluate_reward, reward_scores
 from ..images import save_grid
 from ..math.schedules import lr_factor
-from ..models import lora
 from ..models.registry import PolicyGenerator, load_model
 from ..policies import make_policy, policy_class
 from ..prompts import PromptSet, load_prompt_set
@@ -36,7 +36,7 @@ from ..protocols import optional
 from ..rewards import load_reward, load_reward_spec
 from ..runfolder import RunLock
 from . import diagnostics
-from .checkpoint import (
+from ..checkpoint import (
     EMA_PREFIX,
     ResumeError,
     atomic_write_text,
@@ -48,7 +48,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .ema import EMAWeights
-from .logging import MetricsLog, Stopwatch
+from ..metrics import MetricsLog, Stopwatch
 from .memory import enable_gradient_checkpointing, make_optimizer
 
 # Recipe keys that may change when a run is resumed (they do not change what was computed so far).

@@ -29,7 +29,7 @@ from torch import nn
 from visalign.config import ConfigError, NonNegativeFloat
 from visalign.images import images_to_tensor
 from ..models import shapes_pipelines as sp
-from visalign.trainer.checkpoint import atomic_write_text
+from visalign.checkpoint import atomic_write_text
 from .pretrain import STREAMS, sample_t
 from .token_pretrain import TokenPretrainConfig, _loop
 

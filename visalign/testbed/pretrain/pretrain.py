@@ -142,7 +142,7 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
     log(f"pretraining {model_cfg.prediction} model, {n_params / 1e6:.2f}M params, {cfg.steps} steps x {cfg.batch_size}")
     start, seen = time.time(), 0
     history = []
-    from visalign.trainer.logging import progress_bar
+    from visalign.metrics import progress_bar
 
     bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):

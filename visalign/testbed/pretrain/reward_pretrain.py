@@ -629,7 +629,7 @@ def reward_pretrain(model_cfg: RewardNetConfig, cfg: RewardPretrainConfig, out: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     history, start, data_s = [], time.time(), 0.0
     acc_sum, acc_n, gen_acc = 0.0, 0, [0.0, 0]
-    from visalign.trainer.logging import progress_bar
+    from visalign.metrics import progress_bar
 
     bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):

@@ -123,7 +123,7 @@ def _loop(model, cfg: TokenPretrainConfig, out: Path, loss_fn, log, what: str, s
         f"{cfg.steps} steps x {cfg.batch_size} on {cfg.device}")
     start, history = time.time(), []
     save = lambda: model.save_pretrained(out, dtype=SAVE_DTYPES[cfg.save_dtype])  # noqa: E731
-    from visalign.trainer.logging import progress_bar
+    from visalign.metrics import progress_bar
 
     bar = progress_bar(log, cfg.steps, "pretrain", "step")
     for step in range(cfg.steps):

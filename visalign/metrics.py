@@ -41,7 +41,7 @@ class MetricsLog:
 
     def __init__(self, run: Path, enabled: bool = True, resume_iteration: int | None = None,
                  report_to: str | tuple[str, ...] = "tensorboard", recipe: dict | None = None):
-        from ..distributed import make_trackers
+        from .distributed import make_trackers
 
         self.path = run / "metrics.jsonl"
         self.enabled = enabled

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..runfolder import named_os_error
+from .runfolder import named_os_error
 
 
 class ResumeError(RuntimeError):
