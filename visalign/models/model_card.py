@@ -291,23 +291,18 @@ def _base_lines(base: Base) -> list[str]:
     return ["", f"base = {json.dumps(base.path)}"]
 
 
-def _sample_line(prompt: str, folder: str | None, var: str, on_hub: bool = False) -> str:
-    """The call that makes an image, with the folder's sampling.json (the steps and guidance the bundled
-    pipelines are meant to be sampled with) where it has one."""
-    from .pipeline_files import SAMPLING_NAME
+def _sample_line(prompt: str, folder: str | None) -> str:
+    """The call that makes an image, with the folder's sampling.json written in (the steps and guidance the
+    bundled pipelines are meant to be sampled with) where it has one."""
+    from .pipeline_files import read_sampling
 
-    if not (folder and (Path(folder) / SAMPLING_NAME).is_file()):
-        return f"image = pipe({json.dumps(prompt)}).images[0]"
-    where = f'hf_hub_download({var}, "{SAMPLING_NAME}")' if on_hub else f'f"{{{var}}}/{SAMPLING_NAME}"'
-    return f"image = pipe({json.dumps(prompt)}, **json.load(open({where}))).images[0]  # its steps and guidance"
+    kwargs = read_sampling(Path(folder)) if folder and Path(folder).is_dir() else {}
+    args = "".join(f", {k}={json.dumps(v)}" for k, v in kwargs.items())
+    return f"image = pipe({json.dumps(prompt)}{args}).images[0]" + ("  # its steps and guidance" if kwargs else "")
 
 
 def _code(lines: list[str]) -> str:
-    """A Python block, importing json (and hf_hub_download) only where a line uses it."""
-    text = "\n".join(lines)
-    imports = (["import json", ""] if "json.load" in text else []) + \
-        (["from huggingface_hub import hf_hub_download"] if "hf_hub_download(" in text else [])
-    return "```python\n" + "\n".join(imports + lines) + "\n```"
+    return "```python\n" + "\n".join(lines) + "\n```"
 
 
 def _load_section(base: Base, fmt: str, load_from: str, pipeline_class: str | None,
@@ -317,7 +312,7 @@ def _load_section(base: Base, fmt: str, load_from: str, pipeline_class: str | No
         rank, alpha, targets, prefix = lora
         code = ["from diffusers import DiffusionPipeline", *_base_lines(base), "",
                 f"pipe = DiffusionPipeline.from_pretrained(base)  # {pipeline_class}",
-                f"pipe.load_lora_weights({json.dumps(load_from)})", _sample_line(prompt, base.path, "base")]
+                f"pipe.load_lora_weights({json.dumps(load_from)})", _sample_line(prompt, base.path)]
         note = (f"`{LORA_WEIGHTS}` holds the LoRA in diffusers' format (peft keys under `{prefix}.`); "
                 f"`adapter_config.json` is peft's `LoraConfig` for it: r {rank}, target_modules "
                 f"{', '.join(f'`{t}`' for t in targets)}. The run trained with lora_alpha {alpha:g} (scale "
@@ -329,7 +324,7 @@ def _load_section(base: Base, fmt: str, load_from: str, pipeline_class: str | No
         code = ["from diffusers import DiffusionPipeline", "",
                 f"path = {json.dumps(load_from)}",
                 f"pipe = DiffusionPipeline.from_pretrained(path)  # {pipeline_class}, fine-tuned weights merged in",
-                _sample_line(prompt, base.path, "path", on_hub)]
+                _sample_line(prompt, base.path)]
         return head + _code(code)
     folder = "DIR" if on_hub else load_from
     fetch = f"hf download {load_from} --local-dir DIR   # the model folder\n" if on_hub else ""
