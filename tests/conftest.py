@@ -2,11 +2,13 @@ import os
 import socket
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
-# The machine has 2 cores; oversubscribing them makes CPU runs ~10x slower.
+# The machine has 2 cores; oversubscribing them makes CPU runs ~10x slower. OpenCV has its own thread pool.
 torch.set_num_threads(1)
+cv2.setNumThreads(1)
 os.environ.setdefault("VISALIGN_THREADS", "1")
 # Nothing is downloaded in tests: the Hugging Face clients refuse the network.
 os.environ["HF_HUB_OFFLINE"] = "1"

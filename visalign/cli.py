@@ -48,6 +48,16 @@ def cmd_sample(args) -> None:
     prompts = [p for p in args.prompt for _ in range(args.n)]
     seeds = [args.seed * 1_000_000 + i for i in range(len(prompts))]
     images = gen.generate(prompts, seeds)
+    if images.ndim == 5:  # videos [N, F, H, W, 3]: an animated GIF grid beside the PNG strip of frames
+        from .images import save_frame_strip, save_video_grid
+
+        out = Path(args.out)
+        gif = out.with_suffix(".gif")
+        save_video_grid(images, gif, cols=args.n)
+        save_frame_strip(images, out)
+        print(f"wrote {len(images)} videos of {images.shape[1]} frames ({len(args.prompt)} prompts x {args.n}): "
+              f"{gif} (animated grid), {out} (frames, a row per video)")
+        return
     save_grid(images, Path(args.out), cols=args.n)
     print(f"wrote {len(images)} images ({len(args.prompt)} prompts x {args.n}) to {args.out}")
 
@@ -309,18 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="models, recipes").set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("sample", help="sample a grid of images")
+    s = sub.add_parser("sample", help="sample a grid of images (a video model: a GIF grid and a PNG of frames)")
     s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--prompt", required=True, action="append", help="repeat for several rows")
-    s.add_argument("--n", type=arg_type(PositiveInt), default=8, help="images per prompt")
+    s.add_argument("--n", type=arg_type(PositiveInt), default=8, help="images (or videos) per prompt")
     s.add_argument("--seed", type=arg_type(NonNegativeInt), default=0)
-    s.add_argument("--out", default="grid.png")
+    s.add_argument("--out", default="grid.png", help="the PNG grid; a video model writes its frames here, a row per "
+                   "video, and an animated GIF grid beside it (OUT with .gif)")
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("eval", help="GenEval-S (or a prompt set's mean reward) on the held-out eval prompts")
     e.add_argument("--model", required=True, help=MODEL_HELP)
     e.add_argument("--prompts", default="geneval-s", help="prompt set: geneval-s (the verifier: GenEval's rules "
-                   "and the exact reading), text, animals, "
+                   "and the exact reading), motion (GenEval-S Motion, videos: its verifier), text, animals, "
                    "file:PATH")
     e.add_argument("--reward", default=None, help="score by this reward's mean instead of the verifier (a set without "
                    "one needs it: --prompts text --reward ocr); options as in model specs: "
@@ -538,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         torch.set_num_threads(int(threads))
+        import cv2  # OpenCV's own pool (the motion_smoothness reward's optical flow) is not torch's
+
+        cv2.setNumThreads(int(threads))
     try:
         args = parse_args(argv)
     except SystemExit as e:  # a parser error (one line already printed) or --help / --version: a return code, so

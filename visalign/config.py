@@ -346,6 +346,8 @@ class TrainConfig:
     seed: NonNegativeInt = 0
     curriculum: str = "uniform"  # uniform | variance: draw categories where groups disagree (trainer.PromptSampler)
     shared_initial_noise: bool = False  # a group starts from one noise; its samples differ only by SDE noise
+    keep_best_worst: NonNegativeInt = 0  # k > 0: update on each group's k best and k worst samples only, after
+    # advantages over the whole group (DanceGRPO's best-of-N: a larger group for the baseline, 2k samples' update cost)
     diagnose_every: NonNegativeInt = 10  # iterations between gradient-signal diagnostics (0: never); see
     # trainer/diagnostics.py
     min_signal_share: UnitFloat = 0.5  # warn when the run's accumulated update is estimated to be less signal than this
@@ -415,6 +417,12 @@ class TrainConfig:
             raise ConfigError(f"train.mixed_precision '{self.mixed_precision}' is not one of no, bf16, fp16")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"train.optimizer '{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+        if self.keep_best_worst and not 2 * self.keep_best_worst < self.group_size:
+            raise ConfigError(f"train.keep_best_worst={self.keep_best_worst} keeps 2 x {self.keep_best_worst} of a group of "
+                              f"{self.group_size}; accepted: 0 (all) or k with 2k < train.group_size")
+        if self.keep_best_worst and (self.batch_size // self.group_size * 2 * self.keep_best_worst) % self.minibatches:
+            raise ConfigError(f"train.keep_best_worst={self.keep_best_worst} keeps {self.batch_size // self.group_size * 2 * self.keep_best_worst} "
+                              f"samples per iteration, which train.minibatches={self.minibatches} does not divide")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"train.keep_checkpoints must be >= 1 (the newest checkpoint is always kept), got "
                               f"{self.keep_checkpoints}")

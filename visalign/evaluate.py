@@ -83,12 +83,13 @@ def diversity(images: np.ndarray, prompts: list[str]) -> float:
 
 
 def format_table(result: dict) -> str:
-    """Per category and overall; a GenEval-S result shows both readings and the extra objects per image."""
+    """Per category and overall; a verifier's result (GenEval-S, Motion) shows both readings (the lenient one under
+    its `rules_label`) and the extra objects per image."""
     if "exact" not in result:
         rows = [f"{'category':<14} {'score':>6}"] + [f"{c:<14} {s:>6.3f}" for c, s in result["categories"].items()]
         rows.append(f"{'overall':<14} {result['overall']:>6.3f}   (n={result['n']})")
         return "\n".join(rows)
-    rows = [f"{'category':<14} {'GenEval rules':>13} {'exact':>6} {'extra objects':>13}"]
+    rows = [f"{'category':<14} {result.get('rules_label', 'GenEval rules'):>13} {'exact':>6} {'extra objects':>13}"]
     rows += [f"{c:<14} {s:>13.3f} {result['exact_categories'][c]:>6.3f} {result['extra_categories'][c]:>13.2f}"
              for c, s in result["categories"].items()]
     rows.append(f"{'overall':<14} {result['overall']:>13.3f} {result['exact']:>6.3f} {result['extra']:>13.2f}   "

@@ -33,7 +33,7 @@ class ModelAdapter(Protocol):
     def predict(self, *args, **kwargs) -> Any: ...
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """-> images [B, 3, H, W] in [-1, 1]."""
+        """-> images [B, 3, H, W] in [-1, 1] (a video adapter: videos [B, F, 3, H, W])."""
         ...
 
 
@@ -53,7 +53,7 @@ class DenoisingAdapter(ModelAdapter, Protocol):
         ...
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] in [-1, 1] -> latents [B, ...] (an offline dataset's images)."""
+        """images [B, 3, H, W] (videos [B, F, 3, H, W]) in [-1, 1] -> latents [B, ...] (an offline dataset's images)."""
         ...
 
 

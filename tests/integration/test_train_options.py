@@ -318,3 +318,39 @@ def test_resume_errors_are_one_line(tiny_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "geneval-s-grpo", *over, "--out", str(run)]) == 2
     assert "already holds a run; pass --resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ DanceGRPO's best-of-N subsampling
+
+
+def test_keep_best_worst_updates_on_each_groups_extremes(tiny_dir, tmp_path, monkeypatch):
+    """train.keep_best_worst=1 on groups of 4: every update sees 2 of each group, the best and the worst by reward,
+    with the advantages computed over the whole group."""
+    from visalign.math.advantages import best_worst_rows, group_advantages
+
+    seen, real_update, real_rollout = [], Trainer.update, Trainer.rollout
+
+    def rollout(self, it):
+        out = real_rollout(self, it)
+        seen.append({"rewards": out[2].cpu().clone()})
+        return out
+
+    def update(self, it, traj, advantages):
+        seen[-1].update(seeds=list(traj.seeds), adv=advantages.cpu().clone())
+        return real_update(self, it, traj, advantages)
+
+    monkeypatch.setattr(Trainer, "rollout", rollout)
+    monkeypatch.setattr(Trainer, "update", update)
+    run = tmp_path / "bon"
+    assert main(["train", "geneval-s-grpo", *_overrides(tiny_dir, "train.iterations=2", "train.keep_best_worst=1"),
+                 "--out", str(run)]) == 0
+    for s in seen:
+        keep = best_worst_rows(s["rewards"], 4, 1)
+        assert len(s["seeds"]) == 4  # 2 of each of the 2 groups
+        assert torch.allclose(s["adv"], group_advantages(s["rewards"], 4, global_std=True)[keep])
+
+
+def test_keep_best_worst_refusals(tiny_dir, tmp_path, capsys):
+    assert main(["train", "geneval-s-grpo", *_overrides(tiny_dir, "train.keep_best_worst=2"),
+                 "--out", str(tmp_path / "a")]) != 0
+    assert "2k < train.group_size" in capsys.readouterr().err

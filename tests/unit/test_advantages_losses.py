@@ -92,3 +92,42 @@ def test_grpo_windows_random_and_sliding():
     assert [slide1.rollout_sampling(early, it, None).sde_window for it in (1, 2, 3, 4)] == [(1, 2), (2, 3), (3, 4), (1, 2)]
     with pytest.raises(ValueError, match=r"window_size=4 is larger than sampling.sde_window=\(1, 4\)"):
         load_algorithm("grpo", {"window": "random", "window_size": 4}).rollout_sampling(early, 1, torch.Generator())
+
+
+def test_best_worst_rows_hand_worked():
+    from visalign.math.advantages import best_worst_rows
+
+    r = torch.tensor([0.1, 0.9, 0.5, 0.3, 1.0, 1.0, 0.0, 0.0])
+    # group 0: best 1 (0.9), worst 0 (0.1); group 1 ties keep index order: best 4, worst 7
+    assert best_worst_rows(r, 4, 1).tolist() == [0, 1, 4, 7]
+    # group of 6, k = 2: best 2 (0.8, 0.7), worst 2 (0.2, 0.1)
+    r6 = torch.tensor([0.2, 0.8, 0.5, 0.1, 0.7, 0.4])
+    assert best_worst_rows(r6, 6, 2).tolist() == [0, 1, 3, 4]
+    for k in (0, 2, 3):  # nothing kept, or the whole group of 4 (no subsampling)
+        with pytest.raises(ValueError, match="2k < group_size"):
+            best_worst_rows(r, 4, k)
+
+
+def test_best_worst_selection_is_the_same_on_two_processes_as_on_one():
+    """Each process keeps the global extremes inside its shard: the union over shards is one process's set."""
+    from types import SimpleNamespace
+
+    from visalign.trainer.trainer import Trainer
+    from visalign.types import Trajectory
+
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.rand(16, generator=g)  # 4 groups of 4
+    adv = torch.randn(16, generator=g)
+
+    def traj(rows):
+        n = len(rows)
+        return Trajectory(prompts=[f"p{r // 4}" for r in rows], seeds=list(rows), states=torch.tensor(rows).float()[:, None],
+                          log_probs=torch.zeros(n, 1), sigmas=torch.zeros(2), stochastic=torch.zeros(1, dtype=torch.bool),
+                          images=torch.zeros(n, 3, 2, 2))
+
+    fake = SimpleNamespace(cfg=SimpleNamespace(group_size=4, keep_best_worst=1))
+    one, a1 = Trainer.best_worst(fake, traj(list(range(16))), rewards, adv, slice(0, 16))
+    parts = [Trainer.best_worst(fake, traj(list(range(s, s + 8))), rewards, adv, slice(s, s + 8)) for s in (0, 8)]
+    assert one.seeds == parts[0][0].seeds + parts[1][0].seeds
+    assert torch.equal(a1, torch.cat([parts[0][1], parts[1][1]]))
+    assert len(one) == 8 and one.extras["group_size"] == 2

@@ -25,6 +25,22 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, global_std: bool
     return ((r - mean) / (std + eps)).clamp(-clip, clip).flatten()
 
 
+def best_worst_rows(rewards: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
+    """DanceGRPO's best-of-N subsampling (Xue et al., 2025, arXiv 2505.07818): sample a larger group, train on
+    its k best and k worst samples only. The update's cost follows the kept 2k, the advantage baseline the whole
+    group (advantages are computed before this selection), and the kept samples are those whose advantages are
+    largest in magnitude, so an update carries most of the group's signal. Ties keep index order (a stable sort).
+    rewards [B], consecutive runs of `group_size` share a prompt -> the kept indices [G * 2k], ascending."""
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if not 0 < 2 * k < group_size:
+        raise ValueError(f"keeping the {k} best and {k} worst of a group of {group_size} needs 0 < 2k < group_size")
+    order = torch.sort(rewards.float().view(-1, group_size), dim=1, descending=True, stable=True).indices  # [G, n]
+    keep = torch.cat([order[:, :k], order[:, -k:]], 1)  # [G, 2k] the best k, then the worst k
+    base = torch.arange(keep.shape[0])[:, None] * group_size  # [G, 1]
+    return (keep + base).flatten().sort().values  # [G * 2k]
+
+
 class PerPromptStatTracker:
     """DDPO's per-prompt normalisation: each prompt keeps its last `buffer_size` rewards; once it has
     `min_count` of them its own mean/std normalise its rewards, before that the whole batch's do."""

@@ -15,15 +15,19 @@ download a hub id into the cache. A visalign run folder or one of its checkpoint
       visalign's `sigma_schedule(T, shift)` with shift = `adapter.default_shift` (SD3: the scheduler's
       shift; FLUX: exp(mu) of its resolution-dependent shift); SD3's pipeline reproduces it when given
       `sigmas=linspace(1, 0, T + 1)[:-1]`, FLUX's by default.
+  WanPipeline, LTXPipeline -> video adapters (family "flow", FlowPolicy; models/diffusers_video.py): latents
+      [C, F_latent, h, w], decode() gives videos [B, F, 3, H, W].
 
 Options (after '?'): dtype (float32 | bfloat16 | float16; the network and the frozen parts, default
 float32), resolution (image side in pixels; default the pipeline's), flux_guidance (FLUX's distilled
 guidance value, default 3.5, used when the transformer embeds guidance), max_sequence_length (T5 tokens;
 default the pipeline's, 256 for SD3 and 512 for FLUX), local_files_only (true | false, default true: offline).
+Video pipelines also take num_frames, height, width (resolution sets both) and, for LTX, frame_rate
+(models/diffusers_video.py).
 
 A pipeline folder with a `sampling.json` (the bundled shapes pipelines carry one) brings its
 sampling defaults: num_inference_steps, guidance_scale and max_sequence_length, the pipeline-call arguments
-it was trained with.
+it was trained with (a video pipeline's also num_frames, height, width, frame_rate).
 
 Prompt encodings are cached per prompt string (the text encoders are frozen, run under no_grad). "" is
 the unconditional prompt, encoded as the pipeline encodes its default negative prompt (SDXL: zeros when
@@ -48,6 +52,8 @@ SUPPORTED = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
+    "WanPipeline": "wan",
+    "LTXPipeline": "ltx",
 }
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -56,11 +62,13 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 @dataclass
 class DiffusersCondition:
     """Encoded prompts. embeds [B, L, D] (the text tokens the network attends to); pooled [B, P] (SDXL,
-    SD3, FLUX) or None; time_ids [B, 6] (SDXL's size/crop conditioning) or None."""
+    SD3, FLUX) or None; time_ids [B, 6] (SDXL's size/crop conditioning) or None; mask [B, L] (LTX's text
+    attention mask) or None."""
 
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def __getitem__(self, idx) -> DiffusersCondition:
         return DiffusersCondition(*(None if v is None else v[idx] for v in self._values()))
@@ -158,7 +166,9 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32, local_files_onl
     return pipe
 
 
-OPTIONS = ("dtype", "resolution", "flux_guidance", "max_sequence_length", "local_files_only")
+OPTIONS = ("dtype", "resolution", "flux_guidance", "max_sequence_length", "local_files_only", "num_frames", "height",
+           "width", "frame_rate")
+VIDEO_OPTIONS = ("num_frames", "height", "width", "frame_rate")  # video pipelines only (diffusers_video.py)
 
 
 def _flag(model: str, option: str, value) -> bool:
@@ -179,8 +189,13 @@ def load_diffusers(name: str, **options):
     pipe = load_pipeline(name, dt, _flag(name, "local_files_only", options.pop("local_files_only", True)))
     path = Path(name).expanduser()
     sampling = read_sampling(path) if path.is_dir() else {}
-    if "max_sequence_length" in sampling:
-        options.setdefault("max_sequence_length", sampling["max_sequence_length"])
+    video = SUPPORTED[type(pipe).__name__] in ("wan", "ltx")
+    if video and "flux_guidance" in options:
+        raise ValueError(f"diffusers model '{name}': option flux_guidance applies to FluxPipeline, not to a "
+                         f"{type(pipe).__name__}")
+    for key in ("max_sequence_length", *(VIDEO_OPTIONS if video else ())):
+        if key in sampling and not (key in ("height", "width") and "resolution" in options):  # resolution: both
+            options.setdefault(key, sampling[key])
     adapter = adapter_for(pipe, dtype=dt, **options)
     adapter.default_steps = int(sampling.get("num_inference_steps", adapter.default_steps))
     adapter.default_guidance = float(sampling.get("guidance_scale", adapter.default_guidance))
@@ -189,13 +204,21 @@ def load_diffusers(name: str, **options):
 
 
 def adapter_for(pipe, dtype: torch.dtype | str | None = None, resolution: int | None = None,
-                flux_guidance: float = 3.5, max_sequence_length: int | None = None):
-    """A loaded (or built) pipeline -> its policy adapter."""
+                flux_guidance: float = 3.5, max_sequence_length: int | None = None, **video):
+    """A loaded (or built) pipeline -> its policy adapter. `video`: VIDEO_OPTIONS, for a video pipeline."""
     kind = SUPPORTED.get(type(pipe).__name__)
     if kind is None:
         raise ValueError(f"pipeline {type(pipe).__name__} is not supported; supported pipelines: "
                          f"{', '.join(SUPPORTED)}")
     dt = _dtype(dtype) if dtype is not None else None
+    if kind in ("wan", "ltx"):
+        from .diffusers_video import video_adapter
+
+        return video_adapter(pipe, kind, dt, resolution, max_sequence_length, **video)
+    given = sorted(k for k, v in video.items() if v is not None)
+    if given:
+        raise ValueError(f"options {given} apply to video pipelines (WanPipeline, LTXPipeline), not to a "
+                         f"{type(pipe).__name__}")
     if kind in ("sd", "sdxl"):
         return DiffusersDiffusionAdapter(pipe, kind, dt, resolution)
     return DiffusersFlowAdapter(pipe, kind, dt, resolution, flux_guidance, max_sequence_length)
@@ -206,7 +229,7 @@ def adapter_for(pipe, dtype: torch.dtype | str | None = None, resolution: int | 
 
 # kind -> (steps, guidance): the pipelines' __call__ defaults (FLUX: no true CFG; its distilled guidance is
 # the flux_guidance option)
-DEFAULTS = {"sd": (50, 7.5), "sdxl": (50, 5.0), "sd3": (28, 7.0), "flux": (28, 1.0)}
+DEFAULTS = {"sd": (50, 7.5), "sdxl": (50, 5.0), "sd3": (28, 7.0), "flux": (28, 1.0), "wan": (50, 5.0), "ltx": (50, 3.0)}
 
 
 class _DiffusersAdapter:
@@ -232,17 +255,23 @@ class _DiffusersAdapter:
         for part in self._frozen():
             part.requires_grad_(False)
             part.eval()
+        self._set_shape(resolution)
+        self.default_steps, self.default_guidance = DEFAULTS[kind]
+        self._cache: dict[str, DiffusersCondition] = {}
+
+    def _set_shape(self, resolution: int | None) -> None:
+        """vae_scale_factor, resolution and latent_shape [C, h, w] (a video adapter sets its own)."""
+        vae = self.pipe.vae
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         res = resolution if resolution is not None else self._default_resolution()
         multiple = self.vae_scale_factor * self._latent_multiple()
         if int(res) <= 0 or int(res) % multiple:
-            raise ValueError(f"resolution {res} must be a positive multiple of {multiple} for this {type(pipe).__name__} "
-                             f"(VAE scale factor {self.vae_scale_factor} x latent multiple {self._latent_multiple()})")
+            raise ValueError(f"resolution {res} must be a positive multiple of {multiple} for this "
+                             f"{type(self.pipe).__name__} (VAE scale factor {self.vae_scale_factor} x latent multiple "
+                             f"{self._latent_multiple()})")
         self.resolution = int(res)
         side = self.resolution // self.vae_scale_factor
         self.latent_shape = (self._latent_channels(), side, side)
-        self.default_steps, self.default_guidance = DEFAULTS[kind]
-        self._cache: dict[str, DiffusersCondition] = {}
 
     # -------------------------------------------------------------------------------- common interface
 

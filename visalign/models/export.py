@@ -180,7 +180,8 @@ def _save_pipeline(adapter, out: Path) -> None:
 def _write_diffusers_lora(adapter, module, rank: int, alpha: float, out: Path) -> str:
     """The peft LoRA state dict (get_peft_model_state_dict: `<module path>.lora_A.weight` / `.lora_B.weight`,
     the format diffusers itself writes from a peft-injected model), alpha / rank folded into the B matrices,
-    written by the pipeline class's save_lora_weights (UNet LoRA for SD/SDXL, transformer LoRA for SD3/FLUX).
+    written by the pipeline class's save_lora_weights (UNet LoRA for SD/SDXL, transformer LoRA for SD3/FLUX and
+    the video pipelines, Wan and LTX: WanLoraLoaderMixin / LTXVideoLoraLoaderMixin load it).
 
     diffusers' convert_state_dict_to_diffusers is not applied: it renames only attention projections
     (to_q/k/v/out.0 -> lora.down/up), and a LoRA on other layers too would come out half renamed, a mix that

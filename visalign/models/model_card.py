@@ -89,17 +89,21 @@ def _hub_license(repo_id: str) -> str | None:
 # ------------------------------------------------------------------------------------------ the front matter
 
 
-def front_matter(recipe: dict, base: Base, fmt: str) -> str:
+VIDEO_PIPELINES = ("WanPipeline", "LTXPipeline")  # their __call__ returns .frames, not .images
+
+
+def front_matter(recipe: dict, base: Base, fmt: str, pipeline_class: str | None = None) -> str:
     """The card's YAML header, written by huggingface_hub's ModelCardData (the Hub's own field layout)."""
     from huggingface_hub import ModelCardData
 
     is_lora = fmt == "diffusers-lora"
     diffusers = is_lora or _is_pipeline(base)
-    tags = ["visalign", "reinforcement-learning", str(recipe.get("algorithm", "")), "text-to-image"]
+    task = "text-to-video" if pipeline_class in VIDEO_PIPELINES else "text-to-image"
+    tags = ["visalign", "reinforcement-learning", str(recipe.get("algorithm", "")), task]
     if is_lora:
         tags.insert(3, "lora")
     data = ModelCardData(base_model=base.hub_id, library_name="diffusers" if diffusers else None,
-                         license=base.license, pipeline_tag="text-to-image" if diffusers else None,
+                         license=base.license, pipeline_tag=task if diffusers else None,
                          tags=[t for t in tags if t])
     return f"---\n{data.to_yaml()}\n---"
 
@@ -123,7 +127,7 @@ def card_text(run: Path, recipe: dict, spec: str, fmt: str, iteration: int, load
     base = describe_base(spec)
     title = recipe.get("name") or run.name
     what = "LoRA" if fmt == "diffusers-lora" else "model"
-    parts = [front_matter(recipe, base, fmt),
+    parts = [front_matter(recipe, base, fmt, pipeline_class),
              f"# {title}: a {recipe.get('algorithm')} {what} fine-tuned with visalign",
              (recipe.get("description") or "").strip(),
              f"This folder is `visalign export {run.name} --format {fmt}` of the checkpoint at iteration {iteration}.",
@@ -291,14 +295,15 @@ def _base_lines(base: Base) -> list[str]:
     return ["", f"base = {json.dumps(base.path)}"]
 
 
-def _sample_line(prompt: str, folder: str | None) -> str:
-    """The call that makes an image, with the folder's sampling.json written in (the steps and guidance the
-    bundled pipelines are meant to be sampled with) where it has one."""
+def _sample_line(prompt: str, folder: str | None, pipeline_class: str | None = None) -> str:
+    """The call that makes an image (a video pipeline: a video, its frames), with the folder's sampling.json written
+    in (the steps and guidance the bundled pipelines are meant to be sampled with) where it has one."""
     from .pipeline_files import read_sampling
 
     kwargs = read_sampling(Path(folder)) if folder and Path(folder).is_dir() else {}
     args = "".join(f", {k}={json.dumps(v)}" for k, v in kwargs.items())
-    return f"image = pipe({json.dumps(prompt)}{args}).images[0]" + ("  # its steps and guidance" if kwargs else "")
+    out = "video = pipe({}).frames[0]" if pipeline_class in VIDEO_PIPELINES else "image = pipe({}).images[0]"
+    return out.format(f"{json.dumps(prompt)}{args}") + ("  # its steps and guidance" if kwargs else "")
 
 
 def _code(lines: list[str]) -> str:
@@ -312,7 +317,7 @@ def _load_section(base: Base, fmt: str, load_from: str, pipeline_class: str | No
         rank, alpha, targets, prefix = lora
         code = ["from diffusers import DiffusionPipeline", *_base_lines(base), "",
                 f"pipe = DiffusionPipeline.from_pretrained(base)  # {pipeline_class}",
-                f"pipe.load_lora_weights({json.dumps(load_from)})", _sample_line(prompt, base.path)]
+                f"pipe.load_lora_weights({json.dumps(load_from)})", _sample_line(prompt, base.path, pipeline_class)]
         note = (f"`{LORA_WEIGHTS}` holds the LoRA in diffusers' format (peft keys under `{prefix}.`); "
                 f"`adapter_config.json` is peft's `LoraConfig` for it: r {rank}, target_modules "
                 f"{', '.join(f'`{t}`' for t in targets)}. The run trained with lora_alpha {alpha:g} (scale "
@@ -324,7 +329,7 @@ def _load_section(base: Base, fmt: str, load_from: str, pipeline_class: str | No
         code = ["from diffusers import DiffusionPipeline", "",
                 f"path = {json.dumps(load_from)}",
                 f"pipe = DiffusionPipeline.from_pretrained(path)  # {pipeline_class}, fine-tuned weights merged in",
-                _sample_line(prompt, base.path)]
+                _sample_line(prompt, base.path, pipeline_class)]
         return head + _code(code)
     folder = "DIR" if on_hub else load_from
     fetch = f"hf download {load_from} --local-dir DIR   # the model folder\n" if on_hub else ""

@@ -132,10 +132,10 @@ def with_options(spec: str, options: dict) -> str:
     return spec + ("&" if "?" in spec else "?") + urlencode(new) if new else spec
 
 
-@MODELS.register(DIFFUSERS_PREFIX + "<path-or-hub-id>", "a diffusers SD1.5/SDXL/SD3/FLUX pipeline, local dir or hub "
-                 "id; offline by default: a hub id must be in the local cache unless local_files_only=false, which "
-                 "lets diffusers download it (options: dtype, resolution, flux_guidance, max_sequence_length, "
-                 "local_files_only)")
+@MODELS.register(DIFFUSERS_PREFIX + "<path-or-hub-id>", "a diffusers SD1.5/SDXL/SD3/FLUX or Wan/LTX video pipeline, "
+                 "local dir or hub id; offline by default: a hub id must be in the local cache unless "
+                 "local_files_only=false, which lets diffusers download it (options: dtype, resolution, flux_guidance, "
+                 "max_sequence_length, local_files_only; video: num_frames, height, width, frame_rate)")
 def _diffusers(path: str, **opts):
     from .diffusers_adapter import load_diffusers
 
@@ -145,7 +145,8 @@ def _diffusers(path: str, **opts):
 # a factory's policy family is its `family` attribute (the plugins' built-ins set one; a user's `module:factory` may
 # too): load_train_recipe reads it to check a recipe's sampling keys before anything loads
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "diffusion", "StableDiffusionXLPipeline": "diffusion",
-                     "StableDiffusion3Pipeline": "flow", "FluxPipeline": "flow"}  # model_index.json's _class_name
+                     "StableDiffusion3Pipeline": "flow", "FluxPipeline": "flow", "WanPipeline": "flow",
+                     "LTXPipeline": "flow"}  # model_index.json's _class_name
 
 
 def _pipeline_family(source: str) -> str | None:

@@ -2,13 +2,18 @@
 them): the real backends' code paths at 32x32 in about a second, for tests and benchmarks. Nothing is
 downloaded: the tokenizers are made from files written here (docs/architecture.md#facts-the-testbed-relies-on).
 
-    build_tiny_pipeline("sd15" | "sdxl" | "sd3" | "flux", seed=0) -> a diffusers pipeline
+    build_tiny_pipeline("sd15" | "sdxl" | "sd3" | "flux" | "wan" | "ltx", seed=0) -> a diffusers pipeline
     save_tiny_pipeline(kind, out_dir)  ->  `diffusers:<out_dir>` loads it
     python -m visalign.models.tiny_diffusers KIND OUT_DIR
 
 Images are 32x32 (the VAEs halve once: 16x16 latents); the default resolution of each pipeline
 (sample_size x vae_scale_factor) is 32, except FLUX, whose pipeline hardcodes 128 x vae_scale_factor
 (pass resolution=32).
+
+The video pipelines (WanPipeline, LTXPipeline) make 9-frame 32x32 videos: their VAEs compress 4x in space and
+in time (latents [8, 3, 8, 8]). Their pipelines' own defaults are far larger (Wan 81 frames at 480 x 832), so a
+saved video pipeline carries a sampling.json with VIDEO_SAMPLING (num_frames, height, width), which `diffusers:`
+reads; with a built one pass num_frames=9, resolution=32.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from pathlib import Path
 
 import torch
 
-KINDS = ("sd15", "sdxl", "sd3", "flux")
+KINDS = ("sd15", "sdxl", "sd3", "flux", "wan", "ltx")
+VIDEO_KINDS = ("wan", "ltx")
 RESOLUTION = 32  # image side; the latents are RESOLUTION / 2
 LATENT_CHANNELS = 4
 CLIP_MAX_LENGTH = 77
+VIDEO_SAMPLING = {"num_frames": 9, "height": RESOLUTION, "width": RESOLUTION}  # a saved video pipeline's sampling.json
 
 
 def clip_tokenizer():
@@ -179,11 +186,66 @@ def _flux(guidance_embeds: bool = True):
     )
 
 
-_BUILDERS = {"sd15": _sd15, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux}
+def _latent_stats(n: int) -> tuple[list[float], list[float]]:
+    """Per-channel latent mean / std that are not 0 / 1, so the tests see the normalisation applied."""
+    return [round(0.1 * (i - n // 2), 4) for i in range(n)], [round(0.5 + 0.25 * i, 4) for i in range(n)]
+
+
+def _wan():
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    # 4x spatial (two downsamples) and 4x temporal compression, as Wan's 1 + 4k frame rule: 9 frames -> 3 latent
+    mean, std = _latent_stats(8)
+    vae = AutoencoderKLWan(base_dim=16, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+                           temperal_downsample=[True, True], scale_factor_temporal=4, scale_factor_spatial=4,
+                           latents_mean=mean, latents_std=std)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=8, out_channels=8,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+    )
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=128, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+    return WanPipeline(tokenizer=t5_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
+def _ltx():
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
+
+    # 4x spatial and temporal compression (LTX's own: 32x and 8x); patch size 1, as LTX-Video's
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    )
+    mean, std = _latent_stats(8)
+    with torch.no_grad():
+        vae.latents_mean.copy_(torch.tensor(mean))
+        vae.latents_std.copy_(torch.tensor(std))
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+        cross_attention_dim=32, num_layers=1, caption_channels=32,
+    )
+    # LTX-Video's scheduler: resolution-dependent shift, the schedule stretched to end at sigma 0.1
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_image_seq_len=1024, max_image_seq_len=4096, base_shift=0.95, max_shift=2.05,
+        shift_terminal=0.1,
+    )
+    return LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=_t5_encoder(32), tokenizer=t5_tokenizer(),
+                       transformer=transformer)
+
+
+_BUILDERS = {"sd15": _sd15, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux, "wan": _wan, "ltx": _ltx}
 
 
 def build_tiny_pipeline(kind: str, seed: int = 0):
-    """A tiny random-weight pipeline of `kind` (sd15 | sdxl | sd3 | flux), deterministic in `seed`."""
+    """A tiny random-weight pipeline of `kind` (sd15 | sdxl | sd3 | flux | wan | ltx), deterministic in `seed`."""
     if kind not in _BUILDERS:
         raise ValueError(f"unknown tiny pipeline kind '{kind}'; accepted: {', '.join(KINDS)}")
     with torch.random.fork_rng(devices=[]):
@@ -194,9 +256,14 @@ def build_tiny_pipeline(kind: str, seed: int = 0):
 
 
 def save_tiny_pipeline(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny pipeline with save_pretrained; `diffusers:<out_dir>` loads it."""
+    """Write a tiny pipeline with save_pretrained; `diffusers:<out_dir>` loads it. A video pipeline's folder also
+    gets a sampling.json with VIDEO_SAMPLING (its 9 frames at 32x32)."""
+    from .pipeline_files import SAMPLING_NAME
+
     out = Path(out_dir)
     build_tiny_pipeline(kind, seed).save_pretrained(out)
+    if kind in VIDEO_KINDS:
+        (out / SAMPLING_NAME).write_text(json.dumps(VIDEO_SAMPLING, indent=1) + "\n")
     return out
 
 

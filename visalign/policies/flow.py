@@ -26,6 +26,16 @@ class FlowSampling:
         check_sampling(self, FLOW_KINDS)
 
 
+def stretch_to_terminal(sigmas: torch.Tensor, terminal: float | None) -> torch.Tensor:
+    """A schedule [T+1] (the last sigma 0) whose sigmas before the last are stretched so that the last of them is
+    `terminal`, as diffusers' FlowMatchEulerDiscreteScheduler does with `shift_terminal` (LTX-Video's schedulers):
+    1 - sigma is scaled by (1 - terminal) / (1 - sigma_{T-1}). None (or a one-step schedule): unchanged."""
+    if not terminal or len(sigmas) < 3:
+        return sigmas
+    one_minus = 1 - sigmas[:-1]
+    return torch.cat([1 - one_minus / (one_minus[-1] / (1 - terminal)), sigmas[-1:]])
+
+
 class FlowPolicy(DenoisingPolicy):
     """adapter.predict(x, sigma [B], cond) is the velocity v = x1 - x0 of x_sigma = (1 - sigma) x0 + sigma x1."""
 
@@ -41,7 +51,7 @@ class FlowPolicy(DenoisingPolicy):
 
     def schedule(self, s) -> dict:
         shift = s.shift if s.shift is not None else optional(self.adapter, "default_shift")
-        sigmas = sigma_schedule(s.steps, shift)
+        sigmas = stretch_to_terminal(sigma_schedule(s.steps, shift), getattr(self.adapter, "shift_terminal", None))
         first_below_1 = float(sigmas[sigmas < 1].max()) if bool((sigmas < 1).any()) else 0.999
         return {"sigmas": sigmas, "sigma_max": first_below_1}
 
@@ -57,7 +67,7 @@ class FlowPolicy(DenoisingPolicy):
         )
 
     def _x0_math(self, x, i, pred, sched):
-        sigma = sched["sigmas"][i].to(x).view(-1, *([1] * (x.dim() - 1)))  # [R, 1, 1, 1]
+        sigma = sched["sigmas"][i].to(x).view(-1, *([1] * (x.dim() - 1)))  # [R, 1, ...]
         return x - sigma * pred  # x_sigma = (1 - sigma) x0 + sigma x1 and v = x1 - x0
 
     def _noise_to(self, x0, i, sched, eps):
@@ -66,10 +76,11 @@ class FlowPolicy(DenoisingPolicy):
 
     def noised_sample(self, traj, draw: int):
         """x_t = (1 - t) x0 + t eps, target = eps - x0, with t ~ U(0, 1) and eps drawn from the sample's own
-        seed and `draw`. -> x_t [B, C, H, W], t [B], target [B, C, H, W]."""
-        x0 = traj.states[:, -1]  # [B, C, H, W]
+        seed and `draw`. -> x_t [B, ...], t [B], target [B, ...] (latents of any shape: [C, H, W], a video's
+        [C, F, H, W])."""
+        x0 = traj.states[:, -1]  # [B, ...]
         gens = draw_generators(traj.seeds, draw)
         t = torch.stack([torch.rand((), generator=g) for g in gens]).clamp(1e-3, 1 - 1e-3)  # [B]
-        eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens]).to(x0)  # [B, C, H, W]
-        tt = t.to(x0)[:, None, None, None]
+        eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=g) for g in gens]).to(x0)  # [B, ...]
+        tt = t.to(x0).view(-1, *([1] * (x0.dim() - 1)))  # [B, 1, ...]
         return (1 - tt) * x0 + tt * eps, t.to(x0), eps - x0

@@ -24,6 +24,7 @@ def _reward_factory(obj) -> str | None:
 
 REWARDS = Registry("reward", check=_reward_factory)
 ACCEPTED = "[B, 3, H, W] float in [-1, 1]"
+VIDEO_ACCEPTED = "[B, F, 3, H, W] float in [-1, 1]"  # what a reward with `video = True` reads: B videos of F frames
 # Decoders clamp to [-1, 1]; a resize or a finite-difference step may overshoot by a hair. 1e-2 is ~1.3 grey
 # levels: far below [0, 255] images or an unclamped decoder, which would be silently clamped by most rewards.
 RANGE_TOLERANCE = 1e-2
@@ -37,43 +38,59 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def check_input(name: str, images, prompts) -> torch.Tensor | None:
+def _shape(x: torch.Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in x.shape) + "]"
+
+
+def check_input(name: str, images, prompts, video: bool = False) -> torch.Tensor | None:
     """Refuse a batch a reward would silently misread: not [B, 3, H, W] (channels last dies in OpenCV, a missing
     batch dim scores one image), not float (uint8 would be clamped to black and white), values outside [-1, 1]
-    ([0, 255] would be clamped), a prompt count that is not B (zip() would score fewer images). -> the [B] bool
-    mask of images holding NaN or inf, None when every image is finite. Reads only a detached copy: the images
-    of a differentiable reward keep their graph."""
+    ([0, 255] would be clamped), a prompt count that is not B (zip() would score fewer images). A video reward
+    (`video=True`) reads [B, F, 3, H, W] instead; an image reward given videos is refused with the way to lift it
+    (per_frame), a video reward given images with the way to make one-frame videos. -> the [B] bool mask of
+    images (videos) holding NaN or inf, None when every one is finite. Reads only a detached copy: the images of a
+    differentiable reward keep their graph."""
+    accepted, item = (VIDEO_ACCEPTED, "video") if video else (ACCEPTED, "image")
     if not isinstance(images, torch.Tensor):
-        raise RewardInputError(f"reward {name}: got images of type {type(images).__name__}; accepted: a torch "
-                               f"tensor {ACCEPTED}")
-    shape = "[" + ", ".join(str(d) for d in images.shape) + "]"
-    if images.ndim != 4 or images.shape[1] != 3:
-        hint = " (channels last?)" if images.ndim == 4 and images.shape[-1] == 3 else ""
-        raise RewardInputError(f"reward {name}: got images of shape {shape}{hint}; accepted: {ACCEPTED}")
-    if not images.shape[2] or not images.shape[3]:
-        raise RewardInputError(f"reward {name}: got images of shape {shape} (no pixels); accepted: {ACCEPTED}")
+        raise RewardInputError(f"reward {name}: got {item}s of type {type(images).__name__}; accepted: a torch "
+                               f"tensor {accepted}")
+    shape = _shape(images)
+    if not video and images.ndim == 5:
+        raise RewardInputError(f"reward {name}: got videos of shape {shape}; it judges images, accepted: {ACCEPTED}; "
+                               f"lift it to videos with per_frame (reward: per_frame, reward_options: "
+                               f"{{reward: {name}}})")
+    if video and images.ndim == 4 and images.shape[1] == 3:
+        raise RewardInputError(f"reward {name}: got images of shape {shape}; it judges videos, accepted: "
+                               f"{VIDEO_ACCEPTED} (one-frame videos: images[:, None])")
+    ndim, channel_dim = (5, 2) if video else (4, 1)
+    if images.ndim != ndim or images.shape[channel_dim] != 3:
+        hint = " (channels last?)" if images.ndim == ndim and images.shape[-1] == 3 else ""
+        raise RewardInputError(f"reward {name}: got {item}s of shape {shape}{hint}; accepted: {accepted}")
+    if not images.shape[-2] or not images.shape[-1] or (video and not images.shape[1]):
+        what = "no frames" if video and not images.shape[1] else "no pixels"
+        raise RewardInputError(f"reward {name}: got {item}s of shape {shape} ({what}); accepted: {accepted}")
     if not images.is_floating_point():
-        raise RewardInputError(f"reward {name}: got {str(images.dtype).removeprefix('torch.')} images; accepted: "
-                               f"float in [-1, 1] (uint8 images / 127.5 - 1)")
+        raise RewardInputError(f"reward {name}: got {str(images.dtype).removeprefix('torch.')} {item}s; accepted: "
+                               f"float in [-1, 1] (uint8 {item}s / 127.5 - 1)")
     n = images.shape[0]
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or len(prompts) != n:
         got = f"{_plural(len(prompts), 'prompt')}" if isinstance(prompts, (list, tuple)) else \
             f"prompts of type {type(prompts).__name__}"
-        raise RewardInputError(f"reward {name}: got {_plural(n, 'image')} and {got}; accepted: a list of one "
-                               f"prompt per image")
+        raise RewardInputError(f"reward {name}: got {_plural(n, item)} and {got}; accepted: a list of one "
+                               f"prompt per {item}")
     odd = next((p for p in prompts if not isinstance(p, str)), None)
     if odd is not None or any(not isinstance(p, str) for p in prompts):
         raise RewardInputError(f"reward {name}: got a prompt of type {type(odd).__name__} ({odd!r:.40}); accepted: "
-                               f"a list of one prompt string per image")
+                               f"a list of one prompt string per {item}")
     with torch.no_grad():
         x = images.detach()
         finite = torch.isfinite(x).flatten(1).all(1)  # [B]
         if x.numel() and bool(finite.any()):
             lo, hi = (float(v) for v in torch.aminmax(x if bool(finite.all()) else x[finite]))  # no copy when finite
             if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-                hint = " ([0, 255]? images / 127.5 - 1)" if lo > -RANGE_TOLERANCE and hi > 2 else ""
+                hint = f" ([0, 255]? {item}s / 127.5 - 1)" if lo > -RANGE_TOLERANCE and hi > 2 else ""
                 raise RewardInputError(f"reward {name}: got values in [{lo:.4g}, {hi:.4g}]{hint}; accepted: "
-                                       f"{ACCEPTED} (within {RANGE_TOLERANCE:g})")
+                                       f"{accepted} (within {RANGE_TOLERANCE:g})")
     return None if bool(finite.all()) else ~finite
 
 
@@ -90,13 +107,15 @@ def _nan_where(out: RewardOutput, bad: torch.Tensor) -> RewardOutput:
 
 
 def _checked(call):
-    """Wrap a reward's __call__: check the input, score NaN/inf images as NaN (the reward itself sees a grey image
-    in their place, so no reward has to survive NaN pixels), and check one score per image comes back."""
+    """Wrap a reward's __call__: check the input (images, or videos for a reward with `video = True`), score NaN/inf
+    images as NaN (the reward itself sees a grey image or video in their place, so no reward has to survive NaN
+    pixels), and check one score per image comes back."""
     @functools.wraps(call)
     def wrapper(self, images, prompts, *args, **kwargs):
-        bad = check_input(self.name, images, prompts)
+        bad = check_input(self.name, images, prompts, bool(getattr(self, "video", False)))
         if bad is not None:
-            images = torch.where(bad.to(images.device).view(-1, 1, 1, 1), torch.zeros_like(images), images)
+            mask = bad.to(images.device).view(-1, *[1] * (images.ndim - 1))
+            images = torch.where(mask, torch.zeros_like(images), images)
         out = call(self, images, prompts, *args, **kwargs)
         scores = getattr(out, "scores", None)
         if not isinstance(scores, torch.Tensor) or scores.shape != (images.shape[0],):
@@ -117,9 +136,12 @@ class Reward:
     attributes; `to(device)` moves every one of them and sets `device`, where they move the images to.
     `metadata` may carry the trainer's grouping: "group_size" and "group_ids" [B] (samples of one prompt).
     A subclass's __call__ only ever sees finite [B, 3, H, W] float images in [-1, 1] with B prompts: the class is
-    wrapped when it is made (check_input); it returns one score per image."""
+    wrapped when it is made (check_input); it returns one score per image. A reward that judges videos sets
+    `video = True` and then only ever sees [B, F, 3, H, W] (F frames in order), one score per video; an image
+    reward given videos is refused, and `per_frame` lifts it to videos (rewards/video.py)."""
 
     name: str = "reward"
+    video: bool = False
     differentiable: bool = False
     needs_text: bool = True
     value_range: tuple[float, float] = (0.0, 1.0)

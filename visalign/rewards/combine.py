@@ -16,7 +16,8 @@ whole batch instead; `normalize: batch` always uses the batch; `none` sums the r
 scale is its weight). Without group information (held-out evaluation, `visalign make-pairs`, a served reward)
 the score is the weighted sum of the raw scores: a fixed scale that can be compared across checkpoints, where
 a standardised batch would always average 0. Every component's raw scores are returned in details under its
-name, so the trainer logs each one."""
+name, so the trainer logs each one. The components all judge images or all judge videos (`video = True`, e.g.
+frame_consistency, per_frame: rewards/video.py); a mix is refused."""
 
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ class CombinedReward(Reward):
             raise ValueError(f"combine: normalize='{normalize}' is not one of {NORMALIZE}")
         self.components, self.normalize, self.eps = dict(components), normalize, eps
         rewards = [r for r, _ in self.components.values()]
+        videos = [name for name, (r, _) in self.components.items() if getattr(r, "video", False)]
+        if videos and len(videos) < len(rewards):
+            images = [name for name in self.components if name not in videos]
+            raise ValueError(f"combine: components {videos} judge videos and {images} judge images; all must judge "
+                             f"the same: lift an image reward to videos with per_frame (reward: per_frame, options: "
+                             f"{{reward: {images[0]}}})")
+        self.video = bool(videos)  # a combination of video rewards reads [B, F, 3, H, W] (rewards/video.py)
         self.differentiable = all(r.differentiable for r in rewards)
         self.needs_text = any(r.needs_text for r in rewards)
         if normalize == "none":

@@ -27,7 +27,8 @@ from ..algorithms import load_algorithm
 from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
 from ..evaluate import diversity, evaluate_reward, reward_scores
-from ..images import save_grid
+from ..images import save_frame_strip, save_grid, save_video_grid
+from ..math.advantages import best_worst_rows
 from ..math.schedules import lr_factor
 from ..models.registry import PolicyGenerator, load_model
 from ..policies import make_policy, policy_class
@@ -293,6 +294,15 @@ class Trainer:
         self.algorithm = load_algorithm(recipe.algorithm, recipe.algorithm_options)
         self.algorithm.check(self.policy, self.reward, self.sampling)
         self.pairs = self._pairs_dataset(recipe, per_rank)
+        if cfg.keep_best_worst:
+            kept = per_rank // cfg.group_size * 2 * cfg.keep_best_worst
+            if self.pairs is not None or self.algorithm.keeps_groups:
+                raise ValueError(f"train.keep_best_worst subsamples groups of on-policy rollouts; {self.algorithm.name} "
+                                 f"trains on whole groups or pairs: set it to 0")
+            if per_rank % cfg.group_size or kept % cfg.minibatches:
+                raise ValueError(f"train.keep_best_worst={cfg.keep_best_worst}: each of the {self.dist.world_size} "
+                                 f"processes must hold whole groups of {cfg.group_size} and keep a multiple of "
+                                 f"train.minibatches={cfg.minibatches} samples (it keeps {kept} of {per_rank})")
 
         if cfg.finetune == "lora":
             self.params = lora.add_lora(self.module, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
@@ -495,14 +505,26 @@ class Trainer:
             if self.cfg.diagnose_every and it % self.cfg.diagnose_every == 0:
                 with self.sw("diagnose"):
                     rec.update(self.diagnose(it, traj, rewards_all.cpu(), adv_all, local))
+            adv = adv_all[local]
+            if self.cfg.keep_best_worst and self.pairs is None:  # DanceGRPO's best-of-N: the extremes of each group
+                traj, adv = self.best_worst(traj, rewards_all.cpu(), adv_all, local)
             with self.sw("update"):
-                rec.update(self.update(it, traj, adv_all[local].to(self.dist.device)))
+                rec.update(self.update(it, traj, adv.to(self.dist.device)))
         local_nfe = torch.tensor(float(self.instrumented.nfe - nfe0))
         self.nfe += int(self.dist.all_reduce_mean(local_nfe).item() * self.dist.world_size)
         rec["nfe"] = self.nfe
         rec["lr"] = lr_at(it, self.cfg)
         rec["_times"] = {"iteration": time.perf_counter() - start}  # training only: evaluation is not wall time
         return rec
+
+    def best_worst(self, traj, rewards_all: torch.Tensor, adv_all: torch.Tensor, local: slice):
+        """The local samples among each group's train.keep_best_worst best and worst (chosen on the whole batch, so
+        every process keeps the same global samples as one process would), with their advantages."""
+        keep = best_worst_rows(rewards_all, self.cfg.group_size, self.cfg.keep_best_worst)  # [G * 2k] global
+        mine = keep[(keep >= local.start) & (keep < local.stop)]  # [n_local] global rows of this process
+        sub = traj.select(mine - local.start)
+        sub.extras["group_size"] = 2 * self.cfg.keep_best_worst
+        return sub, adv_all[mine]
 
     def _bad(self, message: str) -> None:
         self.bad_updates += 1
@@ -811,11 +833,16 @@ class Trainer:
 
     def _save_samples(self, it: int, res: dict) -> None:
         """A fixed grid for the report: the first 8 eval images of each category (same prompts and seeds
-        at every evaluation)."""
+        at every evaluation); for videos also an animated GIF of that grid."""
         k = self.cfg.eval_per_category
         pick = [c * k + i for c in range(len(res["categories"])) for i in range(min(8, k))]
         grid = self.run / "samples" / f"iter-{it:06d}.png"
-        save_grid(res["images"][pick], grid, cols=min(8, k))
+        images = res["images"][pick]  # [N, H, W, 3], or videos [N, F, H, W, 3]
+        if images.ndim == 5:  # the animated grid beside it, and here the videos' frames, a row each
+            save_video_grid(images, grid.with_suffix(".gif"), cols=min(8, k))
+            save_frame_strip(images, grid, scale=2)
+        else:
+            save_grid(images, grid, cols=min(8, k))
         self.metrics.log_image("eval_samples", grid, it)  # the trackers' image slider: before (0) -> after
         if it == 0 or not (self.run / "samples" / "prompts.json").exists():
             atomic_write_text(self.run / "samples" / "prompts.json", json.dumps([res["prompts"][i] for i in pick]))
