@@ -199,6 +199,8 @@ def recipe_keys_page() -> str:
     from visalign.rewards import REWARDS
     from visalign.testbed.pretrain.pipeline_pretrain import KINDS as PIPELINE_KINDS
     from visalign.testbed.pretrain.pipeline_pretrain import PipelinePretrainRecipe
+    from visalign.testbed.pretrain.motion_pretrain import KINDS as MOTION_KINDS
+    from visalign.testbed.pretrain.motion_pretrain import MotionPretrainRecipe
     from visalign.testbed.pretrain.pretrain import PretrainConfig, PretrainRecipe
     from visalign.testbed.pretrain.reward_pretrain import RewardPretrainConfig, RewardPretrainRecipe
     from visalign.testbed.pretrain.token_pretrain import KINDS as TOKEN_KINDS
@@ -247,6 +249,8 @@ def recipe_keys_page() -> str:
               dataclass_table(TokenPretrainConfig, "train."),
               f"\n### `kind: {' | '.join(PIPELINE_KINDS)}` (the bundled diffusers pipelines)\n\n",
               dataclass_table(PipelinePretrainRecipe),
+              f"\n### `kind: {' | '.join(MOTION_KINDS)}` (the bundled Wan video pipeline of GenEval-S Motion)\n\n",
+              dataclass_table(MotionPretrainRecipe), "\n`train.*`: `TokenPretrainConfig` (above).\n",
               "\n### `kind: reward_pretrain` (the learned GenEval-S reward)\n\n", dataclass_table(RewardPretrainRecipe),
               "\n`train.*` (`RewardPretrainConfig`):\n\n", dataclass_table(RewardPretrainConfig, "train."),
               "\n## Bundled recipes\n\n", "| recipe | kind | description |\n|---|---|---|\n"]

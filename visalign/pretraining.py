@@ -1,6 +1,6 @@
 """Pretraining kinds: what `visalign pretrain RECIPE` runs for a recipe's `kind`, registered by plugins (the
-GenEval-S testbed registers pretrain, reward_pretrain, vq_pretrain, ar_pretrain, vae_pretrain, sd3_pretrain and
-sd15_pretrain: visalign/testbed/pretrain/kinds.py). The core trains nothing from scratch itself: `train` is RL."""
+GenEval-S testbed registers pretrain, reward_pretrain, vq_pretrain, ar_pretrain, vae_pretrain, sd3_pretrain,
+sd15_pretrain, motion_vae_pretrain and motion_wan_pretrain: visalign/testbed/pretrain/kinds.py). The core trains nothing from scratch itself: `train` is RL."""
 
 from __future__ import annotations
 

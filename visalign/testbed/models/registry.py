@@ -123,11 +123,38 @@ def _bundled_pipeline(folder: str, path: str | None, **opts):
     return adapter
 
 
+MOTION_WAN_COMMANDS = ("visalign pretrain motion-vae-pretrain --out visalign/weights/motion-vae, then visalign "
+                      "pretrain motion-wan-pretrain --out visalign/weights/motion-wan")
+
+
+@MODELS.register("builtin:motion-wan", "bundled WanPipeline of GenEval-S Motion: 9-frame 32x32 clips (a "
+                 "WanTransformer3DModel over AutoencoderKLWan latents, a UMT5 text encoder), loaded by the diffusers "
+                 "adapter as a user's Wan is (options: path, dtype)")
+def _motion_wan(path: str | None = None, **opts):
+    """The bundled Motion pipeline folder (or `path`). Its weights are trained by the two motion recipes, not
+    shipped with the code that builds them: a missing folder is one line naming the commands that write it."""
+    from visalign.models.diffusers_adapter import load_diffusers
+
+    from ..motion import grammar as motion_grammar
+
+    folder = Path(path) if path else WEIGHTS_DIR / "motion-wan"
+    if not (folder / "model_index.json").is_file():
+        if path:
+            raise ValueError(f"builtin:motion-wan: {folder} holds no pipeline (model_index.json); give a folder "
+                             f"`visalign pretrain motion-wan-pretrain --out DIR` wrote")
+        raise ValueError(f"builtin:motion-wan: its weights are not in {folder} yet; train them with "
+                         f"{MOTION_WAN_COMMANDS}")
+    adapter = load_diffusers(str(folder), **opts)
+    adapter.parse_prompt = motion_grammar.parse_prompt  # its tokenizer knows only the Motion words
+    return adapter
+
+
 def _folder_options(device: str = "cpu"):
     """The options of a saved built-in model folder (ShapesModel.from_pretrained's, but its path)."""
 
 
-BUNDLED_PIPELINES.extend(["builtin:shapes-sd3", "builtin:shapes-sd15"])  # diffusers pipeline folders in WEIGHTS_DIR
+# diffusers pipeline folders in WEIGHTS_DIR
+BUNDLED_PIPELINES.extend(["builtin:shapes-sd3", "builtin:shapes-sd15", "builtin:motion-wan"])
 BUNDLED_FOLDERS.update({name: WEIGHTS_DIR / name.split(":", 1)[1] for name in (
     "builtin:shapes-flow", "builtin:shapes-ddpm", "builtin:text-flow", "builtin:shapes-ar", "builtin:text-ar",
     *BUNDLED_PIPELINES)})
@@ -147,5 +174,5 @@ def _builtin_folder(name: str, **opts):
 # weights load (models/registry.py model_family)
 for _factory, _family in ((_shapes_flow, "flow"), (_shapes_ddpm, "diffusion"), (_text_flow, "flow"),
                           (_shapes_ar, "autoregressive"), (_text_ar, "autoregressive"), (_shapes_sd3, "flow"),
-                          (_shapes_sd15, "diffusion")):
+                          (_shapes_sd15, "diffusion"), (_motion_wan, "flow")):
     _factory.family = _family

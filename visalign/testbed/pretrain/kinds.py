@@ -8,12 +8,13 @@ from pathlib import Path
 from visalign.config import ConfigError, build
 from visalign.pretraining import PRETRAIN_KINDS, PretrainKind
 
+from ..models import motion_pipelines as mp
 from ..models import shapes_pipelines as sp
 from ..models.ar import ARConfig
 from ..models.builtin import ShapesModel, ShapesModelConfig
 from ..models.reward_net import RewardNetConfig
 from ..models.vq import VQConfig
-from . import pipeline_pretrain, token_pretrain
+from . import motion_pretrain, pipeline_pretrain, token_pretrain
 from .pretrain import PretrainRecipe
 from .reward_pretrain import RewardPretrainRecipe
 
@@ -63,3 +64,8 @@ for _kind, _cfg, _doc in (("vae_pretrain", sp.VAEConfig, "the bundled pipelines'
                           ("sd15_pretrain", sp.SD15Config, "the bundled StableDiffusionPipeline")):
     PRETRAIN_KINDS.register(_kind, _doc)(PretrainKind(pipeline_pretrain.PipelinePretrainRecipe, _cfg,
                                                       pipeline_pretrain.run_recipe))
+# the bundled text-to-video pipeline of GenEval-S Motion (Wan VAE, then the WanPipeline around it)
+for _kind, _cfg, _doc in (("motion_vae_pretrain", mp.WanVAEConfig, "the bundled WanPipeline's video VAE"),
+                          ("motion_wan_pretrain", mp.WanConfig, "the bundled WanPipeline (GenEval-S Motion)")):
+    PRETRAIN_KINDS.register(_kind, _doc)(PretrainKind(motion_pretrain.MotionPretrainRecipe, _cfg,
+                                                      motion_pretrain.run_recipe))

@@ -77,14 +77,15 @@ class Trained(nn.Module):
 # --------------------------------------------------------------------------------------------------- VAE
 
 
-def vae_loss(vae, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict]:
-    """x [B, 3, H, W] in [-1, 1] -> MSE of the reconstruction from a posterior sample + kl_weight x KL per
-    latent element."""
+def vae_loss(vae, x: torch.Tensor, kl_weight: float, decode=None) -> tuple[torch.Tensor, dict]:
+    """x [B, 3, H, W] (or a video VAE's [B, 3, F, H, W]) in [-1, 1] -> MSE of the reconstruction from a posterior
+    sample + kl_weight x KL per latent element. decode(z) -> the reconstruction (default vae.decode(z).sample)."""
     post = vae.encode(x).latent_dist
-    z = post.sample()  # [B, C, h, w]
-    recon = vae.decode(z).sample  # [B, 3, H, W]
+    z = post.sample()  # [B, C, h, w] ([B, C, f, h, w])
+    recon = decode(z) if decode is not None else vae.decode(z).sample  # like x
     mse = F.mse_loss(recon, x)
-    kl = post.kl().mean() / z[0].numel()  # KL(q(z|x) || N(0, I)) per latent element
+    # KL(q(z|x) || N(0, I)) per latent element; diffusers' kl() sums dims 1-3 only, so sum the rest here
+    kl = post.kl().sum() / z.numel()
     return mse + kl_weight * kl, {"mse": round(mse.item(), 5), "kl": round(kl.item(), 4)}
 
 

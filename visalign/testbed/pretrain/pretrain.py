@@ -63,6 +63,9 @@ STREAMS = {"shapes": SceneStream, "text": TextStream}  # the model config's task
 
 
 
+SAVE_DTYPES = {"float16": torch.float16, "float32": None}  # train.save_dtype -> save_pretrained's dtype
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Supervised pretraining of a built-in shapes model on freshly rendered GenEval-S train scenes."""
@@ -80,8 +83,11 @@ class PretrainConfig:
     log_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 500  # also writes the model at the end
     max_minutes: NonNegativeFloat = 0.0  # stop (and write the model) after this much wall time; 0 = run all steps
+    save_dtype: str = "float16"  # the weights' storage precision: float16 (the bundle) | float32; they load in fp32
 
     def __post_init__(self):
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ConfigError(f"train.save_dtype '{self.save_dtype}' is not one of {', '.join(SAVE_DTYPES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps ({self.steps}) and batch_size ({self.batch_size}) must be >= 1")
         if not 0 <= self.cfg_dropout < 1:
@@ -169,7 +175,7 @@ def pretrain(model_cfg: ShapesModelConfig, cfg: PretrainConfig, out: str | Path,
             log(json.dumps(rec), flush=True) if log is print else log(json.dumps(rec))
         out_of_time = cfg.max_minutes > 0 and time.time() - start >= 60 * cfg.max_minutes
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or out_of_time:
-            model.save_pretrained(out)
+            model.save_pretrained(out, dtype=SAVE_DTYPES[cfg.save_dtype])
         if out_of_time:
             log(f"stopped at step {step + 1} after train.max_minutes={cfg.max_minutes}")
             break

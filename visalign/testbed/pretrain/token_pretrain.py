@@ -26,9 +26,7 @@ from visalign.math.schedules import lr_factor
 from ..world import plan as plan_lang
 from ..world import render
 from ..world.vocab import CATEGORIES
-from .pretrain import STREAMS, SceneStream, lr_at
-
-SAVE_DTYPES = {"float16": torch.float16, "float32": None}
+from .pretrain import SAVE_DTYPES, STREAMS, SceneStream, lr_at
 
 
 @dataclass(frozen=True)
