@@ -1,6 +1,7 @@
 """Held-out GenEval-S of a diffusers pipeline folder, sampled by plain diffusers: how a user checks our claims
-without trusting visalign's sampler. It imports diffusers, torch and the GenEval-S verifier (visalign.testbed.world)
-only.
+without trusting visalign's sampler. It imports diffusers, torch and the GenEval-S verifiers only
+(visalign.testbed.world; for a video pipeline, WanPipeline or LTXPipeline, GenEval-S Motion's,
+visalign.testbed.motion).
 
     python benchmarks/plain_diffusers_eval.py PIPELINE_DIR [--lora EXPORT_DIR] [--per-category 50] [--seed 0]
         [--split held-out|train] [--steps N] [--guidance W] [--out result.json] [--against visalign-eval.json]
@@ -11,7 +12,8 @@ passed as None, the documented way to drop them); `--lora` calls `pipe.load_lora
 state, which load_lora_weights would load nothing from). Sampling arguments default to the folder's sampling.json (the
 bundled pipelines carry one), else the pipeline's own defaults. Every image has its own `torch.Generator`
 seeded as `visalign eval` seeds it (item i of category c: seed * 1,000,000 + 10,000 c + i), and SD3 gets the
-sigmas linspace(1, 0, steps + 1)[:-1] (its pipeline otherwise stops at sigma 1/1000 instead of 0). So for the
+sigmas linspace(1, 0, steps + 1)[:-1] (its pipeline otherwise stops at sigma 1/1000 instead of 0); WanPipeline takes
+no `sigmas`, so its scheduler's set_timesteps is given them (LTXPipeline uses them by default). So for the
 same steps and guidance the images are `visalign eval --model diffusers:DIR`'s, and `--against` (the JSON
 `visalign eval --out` wrote) prints the difference per category.
 """
@@ -29,14 +31,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visalign.testbed.motion import grammar as motion_grammar, verify as motion_verify
+from visalign.testbed.motion.vocab import CATEGORIES as MOTION_CATEGORIES
 from visalign.testbed.world import grammar, verify
 from visalign.testbed.world.vocab import CATEGORIES
 
+VIDEO_PIPELINES = ("WanPipeline", "LTXPipeline")  # their __call__ returns .frames: judged by GenEval-S Motion
 
-def items(per_category: int, seed: int, split: str) -> list[tuple[str, str, int]]:
+
+def world(pipeline_class: str):
+    """(categories, grammar, verdict(image or clip, spec)) of the benchmark a pipeline draws for."""
+    if pipeline_class in VIDEO_PIPELINES:
+        return MOTION_CATEGORIES, motion_grammar, motion_verify.verify_clip
+    return CATEGORIES, grammar, verify.verify
+
+
+def items(per_category: int, seed: int, split: str, categories=CATEGORIES, gram=grammar) -> list[tuple[str, str, int]]:
     """[(category, prompt, seed)]: `visalign eval`'s items (split: eval = held-out prompts, or train)."""
     return [(cat, ps[i % len(ps)], seed * 1_000_000 + 10_000 * ci + i)
-            for ci, cat in enumerate(CATEGORIES) for ps in [grammar.prompts(cat, split)] for i in range(per_category)]
+            for ci, cat in enumerate(categories) for ps in [gram.prompts(cat, split)] for i in range(per_category)]
 
 
 def is_run_folder(path: str) -> bool:
@@ -81,30 +94,37 @@ def call_args(pipe, path: str, steps: int | None, guidance: float | None) -> dic
         kw["num_inference_steps"] = steps
     if guidance is not None:
         kw["guidance_scale"] = guidance
+    sigmas = lambda n: list(np.linspace(1.0, 0.0, n + 1)[:-1])  # noqa: E731
     if type(pipe).__name__ == "StableDiffusion3Pipeline":
-        n = kw.get("num_inference_steps", 28)
-        kw["sigmas"] = list(np.linspace(1.0, 0.0, n + 1)[:-1])
+        kw["sigmas"] = sigmas(kw.get("num_inference_steps", 28))
+    if type(pipe).__name__ == "WanPipeline":  # no `sigmas` argument: the scheduler is handed them
+        real = pipe.scheduler.set_timesteps
+        pipe.scheduler.set_timesteps = lambda n, device=None, **k: real(sigmas=sigmas(n), device=device)
     return kw
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], kw: dict, batch: int = 50) -> np.ndarray:
-    """uint8 [N, H, W, 3], one generator per image."""
+    """uint8 [N, H, W, 3] (a video pipeline: [N, F, H, W, 3]), one generator per image."""
     out = []
+    video = type(pipe).__name__ in VIDEO_PIPELINES
     for i in range(0, len(prompts), batch):
         gens = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
         with torch.no_grad():
-            x = pipe(prompts[i : i + batch], generator=gens, output_type="pt", **kw).images  # [B, 3, H, W] in [0, 1]
-        out.append((x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            res = pipe(prompts[i : i + batch], generator=gens, output_type="pt", **kw)
+        x = res.frames if video else res.images  # [B, (F,) 3, H, W] in [0, 1]
+        out.append((x.clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).numpy())
     return np.concatenate(out)
 
 
-def score(images: np.ndarray, its: list[tuple[str, str, int]]) -> dict:
-    """GenEval's rules, the exact reading and extra objects per image, per category and overall (mean of six)."""
-    verdicts = [verify.verify(img, grammar.parse_prompt(p)) for img, (_, p, _) in zip(images, its)]
+def score(images: np.ndarray, its: list[tuple[str, str, int]], pipeline_class: str = "") -> dict:
+    """GenEval's rules (Motion: all checks), the exact reading and extra objects per image, per category and
+    overall (mean of six)."""
+    categories, gram, judge = world(pipeline_class)
+    verdicts = [judge(img, gram.parse_prompt(p)) for img, (_, p, _) in zip(images, its)]
     res = {}
     for name, get in (("geneval_rules", lambda v: v.score), ("exact", lambda v: float(v.exact)),
                       ("extra", lambda v: float(v.extra))):
-        per = {c: float(np.mean([get(v) for v, (cat, _, _) in zip(verdicts, its) if cat == c])) for c in CATEGORIES}
+        per = {c: float(np.mean([get(v) for v, (cat, _, _) in zip(verdicts, its) if cat == c])) for c in categories}
         res[name] = {"overall": float(np.mean(list(per.values()))), "categories": per}
     return res
 
@@ -112,7 +132,7 @@ def score(images: np.ndarray, its: list[tuple[str, str, int]]) -> dict:
 def table(res: dict, against: dict | None = None) -> str:
     lines = [f"{'category':<14} {'GenEval rules':>13} {'exact':>6} {'extra objects':>13}"
              + (f" {'visalign eval':>13} {'diff':>7}" if against else "")]
-    for c in [*CATEGORIES, "overall"]:
+    for c in [*res["geneval_rules"]["categories"], "overall"]:
         get = lambda name: res[name]["overall"] if c == "overall" else res[name]["categories"][c]  # noqa: E731
         row = f"{c:<14} {get('geneval_rules'):>13.3f} {get('exact'):>6.3f} {get('extra'):>13.2f}"
         if against:
@@ -140,17 +160,19 @@ def main(argv=None) -> int:
         return 2
     if "VISALIGN_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["VISALIGN_THREADS"]))
-    its = items(a.per_category, a.seed, "eval" if a.split == "held-out" else "train")
+    cls = json.loads((Path(a.pipeline) / "model_index.json").read_text())["_class_name"]
+    categories, gram, _ = world(cls)
+    its = items(a.per_category, a.seed, "eval" if a.split == "held-out" else "train", categories, gram)
     pipe = load(a.pipeline, a.lora)
     kw = call_args(pipe, a.pipeline, a.steps, a.guidance)
     start = time.time()
     images = generate(pipe, [p for _, p, _ in its], [s for _, _, s in its], kw)
-    res = score(images, its)
+    res = score(images, its, cls)
     res.update(pipeline=a.pipeline, lora=a.lora, split=a.split, per_category=a.per_category, seed=a.seed,
                call={k: v for k, v in kw.items() if k != "sigmas"})
     against = json.loads(Path(a.against).read_text()) if a.against else None
     print(f"plain diffusers: {type(pipe).__name__} {a.pipeline}" + (f" + LoRA {a.lora}" if a.lora else "")
-          + f", {a.split} GenEval-S ({a.per_category} per category, seed {a.seed}), {res['call']}")
+          + f", {a.split} {'GenEval-S Motion' if cls in VIDEO_PIPELINES else 'GenEval-S'} ({a.per_category} per category, seed {a.seed}), {res['call']}")
     print(table(res, against))
     print(f"{len(its)} images in {time.time() - start:.1f} s")
     if a.out:

@@ -53,3 +53,26 @@ def test_eval_and_sample_on_motion(wan_dir, tmp_path, capsys):
     assert main(["sample", "--model", model, "--prompt", "a red circle moving right", "--n", "2",
                  "--out", str(tmp_path / "clip.png")]) == 0
     assert Image.open(tmp_path / "clip.gif").n_frames == 9
+
+
+def test_plain_diffusers_benchmark_draws_visalign_eval_clips(wan_dir):
+    """benchmarks/plain_diffusers_eval.py on a WanPipeline: GenEval-S Motion items, clips sampled by plain diffusers
+    (the scheduler handed visalign's sigmas), the same clips and verdicts as visalign's generator for the same seeds."""
+    import sys
+    from pathlib import Path
+
+    from visalign.models.registry import load_generator
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import plain_diffusers_eval as plain
+
+    categories, gram, _ = plain.world("WanPipeline")
+    its = plain.items(1, 0, "eval", categories, gram)
+    prompts, seeds = [p for _, p, _ in its], [s for _, _, s in its]
+    pipe = plain.load(str(wan_dir), None)
+    kw = {**plain.call_args(pipe, str(wan_dir), 3, 2.0), "max_sequence_length": 16}
+    theirs = plain.generate(pipe, prompts, seeds, kw)  # [6, 9, 32, 32, 3]
+    ours = load_generator(f"diffusers:{wan_dir}?max_sequence_length=16&steps=3&guidance=2").generate(prompts, seeds)
+    assert theirs.shape == ours.shape == (6, 9, 32, 32, 3)
+    assert int(np.abs(ours.astype(int) - theirs.astype(int)).max()) <= 1
+    assert plain.score(theirs, its, "WanPipeline") == plain.score(ours, its, "WanPipeline")

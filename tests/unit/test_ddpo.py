@@ -126,7 +126,7 @@ def test_prompt_sets():
     assert not a.verifier and set(a.train["animals"]).isdisjoint(a.eval["animals"]) and len(a.eval["animals"]) >= 10
     items = a.eval_items(3, 0)
     assert [i[2] for i in items] == [0, 1, 2] and items == a.eval_items(3, 0)
-    with pytest.raises(ValueError, match="accepted: geneval-s, geneval-s:CAT,CAT, text, animals, file:PATH"):
+    with pytest.raises(ValueError, match="accepted: geneval-s, geneval-s:CAT,CAT, motion, motion:CAT,CAT, text, animals, file:PATH"):
         load_prompt_set("imagenet")
 
 
