@@ -23,10 +23,20 @@ def cmd_list(args) -> None:
     from .models.registry import MODELS
     from .rewards import REWARDS
 
-    for title, reg in (("models", MODELS), ("rewards", REWARDS), ("algorithms", ALGORITHMS)):
+    from .pretraining import PRETRAIN_KINDS
+    from .prompts import PROMPT_SETS
+
+    for title, reg in (("models", MODELS), ("rewards", REWARDS), ("algorithms", ALGORITHMS),
+                       ("pretraining kinds", PRETRAIN_KINDS)):
         print(f"{title}:")
         for name in reg.names():
             print(f"  {name:<22} {reg.doc(name)}")
+    print("prompt sets (train --prompts / eval --prompts):")
+    for name in PROMPT_SETS.names():
+        what = (PROMPT_SETS.get(name).__doc__ or "").strip().split("\n")[0]
+        print(f"  {name:<22} {what} (forms: {PROMPT_SETS.doc(name)})")
+    print(f"  {'animals':<22} animals: common animal names (DDPO's kind of prompt set)")
+    print(f"  {'file:PATH':<22} file:PATH: one prompt a line, a quarter held out")
     print("recipes:")
     for name in recipe_names():
         d = load_recipe_dict(name)

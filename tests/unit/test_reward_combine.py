@@ -119,3 +119,16 @@ def test_visalign_list_shows_every_reward(capsys):
     names = [line.split()[0] for line in listed.strip().splitlines()]
     assert names == REWARDS.names()
     assert {"clip_score", "pickscore", "aesthetic", "hps", "image_reward", "vlm_judge", "combine", "remote"} <= set(names)
+
+
+def test_visalign_list_shows_prompt_sets_and_pretraining_kinds(capsys):
+    from visalign.cli import main
+    from visalign.pretraining import PRETRAIN_KINDS
+    from visalign.prompts import PROMPT_SETS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    sets = out.split("prompt sets")[1].split("recipes:")[0].strip().splitlines()[1:]
+    assert [line.split()[0] for line in sets] == [*PROMPT_SETS.names(), "animals", "file:PATH"]
+    kinds = out.split("pretraining kinds:")[1].split("prompt sets")[0].strip().splitlines()
+    assert [line.split()[0] for line in kinds] == PRETRAIN_KINDS.names()

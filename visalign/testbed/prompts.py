@@ -14,6 +14,7 @@ from .world.vocab import CATEGORIES
 
 @PROMPT_SETS.register("geneval-s", "geneval-s, geneval-s:CAT,CAT")
 def geneval_s(spec: str) -> PromptSet:
+    """GenEval-S: images of the shapes world in GenEval's six categories, judged by its verifier (both readings)."""
     # geneval-s:CAT,CAT trains on those categories only and still evaluates all six: the rest are
     # held-out categories (the "DPO vs GRPO" in-domain / out-of-domain question)
     train_cats = spec.split(":", 1)[1].split(",") if ":" in spec else list(CATEGORIES)

@@ -11,6 +11,7 @@ from .vocab import CATEGORIES
 
 @PROMPT_SETS.register("motion", "motion, motion:CAT,CAT")
 def motion(spec: str) -> PromptSet:
+    """GenEval-S Motion: 9-frame clips of the shapes world in six categories, judged by its verifier (videos)."""
     # motion:CAT,CAT trains on those categories only and still evaluates all six (the rest are held-out
     # categories), as geneval-s:CAT,CAT does
     train_cats = spec.split(":", 1)[1].split(",") if ":" in spec else list(CATEGORIES)
