@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from .images import atomic_write_bytes, save_grid
+from .images import atomic_write_bytes, save_samples
 
 
 def cmd_list(args) -> None:
@@ -58,18 +58,12 @@ def cmd_sample(args) -> None:
     prompts = [p for p in args.prompt for _ in range(args.n)]
     seeds = [args.seed * 1_000_000 + i for i in range(len(prompts))]
     images = gen.generate(prompts, seeds)
-    if images.ndim == 5:  # videos [N, F, H, W, 3]: an animated GIF grid beside the PNG strip of frames
-        from .images import save_frame_strip, save_video_grid
-
-        out = Path(args.out)
-        gif = out.with_suffix(".gif")
-        save_video_grid(images, gif, cols=args.n)
-        save_frame_strip(images, out)
+    written = save_samples(images, Path(args.out), cols=args.n)  # videos: frame strips, and a GIF beside them
+    if images.ndim == 5:
         print(f"wrote {len(images)} videos of {images.shape[1]} frames ({len(args.prompt)} prompts x {args.n}): "
-              f"{gif} (animated grid), {out} (frames, a row per video)")
-        return
-    save_grid(images, Path(args.out), cols=args.n)
-    print(f"wrote {len(images)} images ({len(args.prompt)} prompts x {args.n}) to {args.out}")
+              f"{written[1]} (animated grid), {written[0]} (frames, a row per video)")
+    else:
+        print(f"wrote {len(images)} images ({len(args.prompt)} prompts x {args.n}) to {args.out}")
 
 
 def cmd_eval(args) -> None:
@@ -528,7 +522,7 @@ def check_paths(args: argparse.Namespace) -> None:
 
     out = getattr(args, "out", None)
     if args.command == "sample":
-        check_out_file(out, (".png",))  # save_grid writes PNG
+        check_out_file(out, (".png",))  # save_samples writes PNG (videos: and a GIF beside it)
     elif args.command in ("eval", "diagnose"):
         check_out_file(out, (".json",))
     elif args.command in ("train", "pretrain", "compare"):

@@ -32,18 +32,23 @@ def save_grid(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> None
     """uint8 [N, H, W, 3] -> one PNG, `cols` per row, upscaled `scale` x (nearest) with 2 px gaps."""
     from PIL import Image
 
-    n, h, w, _ = images.shape
-    rows = (n + cols - 1) // cols
-    gap = 2
-    canvas = np.full((rows * (h * scale + gap) + gap, cols * (w * scale + gap) + gap, 3), 80, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        big = img.repeat(scale, 0).repeat(scale, 1)
-        y, x = gap + r * (h * scale + gap), gap + c * (w * scale + gap)
-        canvas[y : y + h * scale, x : x + w * scale] = big
     buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    Image.fromarray(_tile(images, cols, scale)).save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def save_samples(images: np.ndarray, path: Path, cols: int, scale: int = 4) -> list[Path]:
+    """What `visalign sample` and a run's evaluations write, for images or videos -> the paths written. Images
+    uint8 [N, H, W, 3]: the PNG grid at `path`. Videos [N, F, H, W, 3]: their frames at `path` (a row per video,
+    save_frame_strip) and the animated grid beside it (the same name, .gif)."""
+    path = Path(path)
+    if images.ndim != 5:
+        save_grid(images, path, cols, scale)
+        return [path]
+    gif = path.with_suffix(".gif")
+    save_video_grid(images, gif, cols, scale)
+    save_frame_strip(images, path, scale)
+    return [path, gif]
 
 
 def _tile(images: np.ndarray, cols: int, scale: int, gap: int = 2) -> np.ndarray:

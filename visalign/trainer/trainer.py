@@ -27,7 +27,7 @@ from ..algorithms import load_algorithm
 from ..config import EvalConfig, TrainConfig, TrainRecipe, build
 from ..distributed import Distributed
 from ..evaluate import diversity, evaluate_reward, reward_scores
-from ..images import save_frame_strip, save_grid, save_video_grid
+from ..images import save_samples
 from ..math.advantages import best_worst_rows
 from ..math.schedules import lr_factor
 from ..models.registry import PolicyGenerator, load_model
@@ -837,12 +837,7 @@ class Trainer:
         k = self.cfg.eval_per_category
         pick = [c * k + i for c in range(len(res["categories"])) for i in range(min(8, k))]
         grid = self.run / "samples" / f"iter-{it:06d}.png"
-        images = res["images"][pick]  # [N, H, W, 3], or videos [N, F, H, W, 3]
-        if images.ndim == 5:  # the animated grid beside it, and here the videos' frames, a row each
-            save_video_grid(images, grid.with_suffix(".gif"), cols=min(8, k))
-            save_frame_strip(images, grid, scale=2)
-        else:
-            save_grid(images, grid, cols=min(8, k))
+        save_samples(res["images"][pick], grid, cols=min(8, k))  # videos: frame strips here, a GIF beside
         self.metrics.log_image("eval_samples", grid, it)  # the trackers' image slider: before (0) -> after
         if it == 0 or not (self.run / "samples" / "prompts.json").exists():
             atomic_write_text(self.run / "samples" / "prompts.json", json.dumps([res["prompts"][i] for i in pick]))
