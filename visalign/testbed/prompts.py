@@ -12,19 +12,24 @@ from .world import grammar, text
 from .world.vocab import CATEGORIES
 
 
+def verified_set(spec: str, label: str, categories, gram, evaluation, judges: tuple[str, ...] = ()) -> PromptSet:
+    """A world's prompt set judged by its verifier: `name:CAT,CAT` trains on those categories only and still
+    evaluates all of them (the rest are held-out categories: the "DPO vs GRPO" in-domain / out-of-domain
+    question). gram.prompts(category, split) gives the prompts; evaluation holds evaluate, READINGS, LOWER_IS_BETTER."""
+    train_cats = spec.split(":", 1)[1].split(",") if ":" in spec else list(categories)
+    unknown = [c for c in train_cats if c not in categories]
+    if unknown or not train_cats:
+        raise ValueError(f"unknown {label} categories {unknown} in '{spec}'; accepted: {', '.join(categories)}")
+    return PromptSet(spec, {c: gram.prompts(c, "train") for c in categories if c in train_cats},
+                     {c: gram.prompts(c, "eval") for c in categories}, evaluator=evaluation.evaluate,
+                     readings=dict(evaluation.READINGS), lower_is_better=evaluation.LOWER_IS_BETTER,
+                     judges=judges, score_label=label)
+
+
 @PROMPT_SETS.register("geneval-s", "geneval-s, geneval-s:CAT,CAT")
 def geneval_s(spec: str) -> PromptSet:
     """GenEval-S: images of the shapes world in GenEval's six categories, judged by its verifier (both readings)."""
-    # geneval-s:CAT,CAT trains on those categories only and still evaluates all six: the rest are
-    # held-out categories (the "DPO vs GRPO" in-domain / out-of-domain question)
-    train_cats = spec.split(":", 1)[1].split(",") if ":" in spec else list(CATEGORIES)
-    unknown = [c for c in train_cats if c not in CATEGORIES]
-    if unknown or not train_cats:
-        raise ValueError(f"unknown GenEval-S categories {unknown} in '{spec}'; accepted: {', '.join(CATEGORIES)}")
-    return PromptSet(spec, {c: grammar.prompts(c, "train") for c in CATEGORIES if c in train_cats},
-                     {c: grammar.prompts(c, "eval") for c in CATEGORIES}, evaluator=evaluate.evaluate,
-                     readings=dict(evaluate.READINGS), lower_is_better=evaluate.LOWER_IS_BETTER,
-                     judges=("geneval_s_learned",), score_label="GenEval-S")
+    return verified_set(spec, "GenEval-S", CATEGORIES, grammar, evaluate, judges=("geneval_s_learned",))
 
 
 @PROMPT_SETS.register("text", "text")
